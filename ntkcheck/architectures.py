@@ -1,0 +1,166 @@
+"""The architectures: one object gives both sides of every comparison.
+
+``FC`` and ``CNN`` fix depth, pooling, filter size and which layers train; ``.ntk`` and
+``.nngp`` give the exact infinite-width kernels (Arora et al., 2019).  Conventions, the
+paper's throughout: ``depth`` counts weight layers including the readout (Table 1), weights
+N(0, 1) without biases, ReLU with c_sigma = 2, zero "same" padding and stride 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Literal, overload
+
+import torch
+
+from ._checks import check_bool, check_depths, check_inputs, check_int
+from .kernels.recursion import Kernels, Rules, kernels
+from .kernels.rules import ConvAllPositions, ConvSamePosition, Dense
+
+DEFAULT_MAX_MEMORY = 2**30
+"""Bytes of working memory a kernel computation may use per tile of pairs (1 GiB)."""
+
+
+class _Architecture:
+    """What FC and CNN share: depth checks and the ``ntk`` / ``nngp`` entry points."""
+
+    depth: int
+    fix_first_last: bool
+    _layout: ClassVar[str]
+
+    @property
+    def min_depth(self) -> int:
+        """Smallest valid depth: 3 with ``fix_first_last`` (depth 2 would train nothing)."""
+        return 3 if self.fix_first_last else self._min_trainable_depth
+
+    _min_trainable_depth: ClassVar[int]
+
+    def _check_depth(self) -> None:
+        check_bool("fix_first_last", self.fix_first_last)
+        check_int(
+            "depth", self.depth, self.min_depth,
+            f" for {type(self).__name__}"
+            + (" with fix_first_last=True (depth 2 would train no layer)"
+               if self.fix_first_last else "")
+            + " (weight layers including the readout)",
+        )
+
+    def _rules(self) -> Rules:
+        raise NotImplementedError
+
+    def _compute(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None,
+        depths: Iterable[int] | None,
+        max_memory: int,
+        progress: bool,
+    ) -> tuple[dict[int, Kernels], bool]:
+        x1, x2 = check_inputs(x1, x2, len(self._layout.split(",")), self._layout)
+        chosen = check_depths(
+            self.depth if depths is None else depths, self.min_depth, self.depth
+        )
+        check_int("max_memory", max_memory, 1, " bytes")
+        check_bool("progress", progress)
+        found = kernels(
+            self._rules(), x1, x2, chosen,
+            fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
+        )
+        return found, depths is None
+
+    @overload
+    def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
+            max_memory: int = ..., progress: bool = ...) -> torch.Tensor: ...
+    @overload
+    def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: Iterable[int],
+            max_memory: int = ..., progress: bool = ...) -> dict[int, torch.Tensor]: ...
+
+    def ntk(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False):
+        """Exact NTK Theta(x1, x2): an (n1, n2) tensor; ``x2=None`` means ``x1`` (Gram).
+
+        With ``depths`` (e.g. ``(3, 4, 6, 11, 21)``, each <= ``self.depth``) returns
+        ``{depth: (n1, n2) tensor}`` for all of them from one recursion up to the deepest.
+        ``max_memory`` bounds the bytes of one tile of pairs; ``progress`` reports on stderr.
+        Output dtype and device follow the input.
+        """
+        found, single = self._compute(x1, x2, depths, max_memory, progress)
+        return found[self.depth].ntk if single else {d: k.ntk for d, k in found.items()}
+
+    @overload
+    def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
+             max_memory: int = ..., progress: bool = ...) -> torch.Tensor: ...
+    @overload
+    def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: Iterable[int],
+             max_memory: int = ..., progress: bool = ...) -> dict[int, torch.Tensor]: ...
+
+    def nngp(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False):
+        """NNGP kernel E[f(x1) f(x2)] at initialization (Eq. 1, 7); arguments as ``ntk``.
+
+        The output's covariance does not depend on which layers train, so
+        ``fix_first_last`` does not change it.
+        """
+        found, single = self._compute(x1, x2, depths, max_memory, progress)
+        return found[self.depth].nngp if single else {d: k.nngp for d, k in found.items()}
+
+
+@dataclass(frozen=True)
+class FC(_Architecture):
+    """Fully-connected ReLU net of Eq. (6): ``depth - 1`` hidden layers and a linear readout.
+
+    NNGP Sigma^(h) by Eq. (7), NTK Theta = sum_{h=1}^{L+1} Sigma^(h-1) prod_{h'>=h}
+    Sigma-dot^(h') by Eq. (8)-(9), with L = depth - 1.  Inputs are (n, d) tensors.
+    ``fix_first_last=True`` trains neither the first nor the readout layer.
+    """
+
+    depth: int
+    fix_first_last: bool = False
+
+    _layout: ClassVar[str] = "(n, d)"
+    _min_trainable_depth: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        self._check_depth()
+
+    def _rules(self) -> Rules:
+        return Dense()
+
+
+Pooling = Literal["flatten", "gap"]
+
+
+@dataclass(frozen=True)
+class CNN(_Architecture):
+    """CNN of Sec. 4 / H: ``depth - 1`` conv layers (q x q filters, zero "same" padding,
+    stride 1, each followed by ReLU and sqrt(c_sigma / (C q^2))) and a linear readout.
+
+    ``pooling="flatten"`` (vanilla, a readout weight per position): CNTK = tr(Theta^(L)).
+    ``pooling="gap"`` (global average pooling): CNTK = (1/(PQ)^2) sum over all position
+    pairs of Theta^(L).  ``fix_first_last=True`` (the paper's GAP setting) trains neither
+    the first conv layer nor the readout: Theta^(0) = 0 and the readout's K term is dropped.
+    Inputs are (n, C, H, W) tensors.  Flatten costs O(n1 n2 H W depth); GAP
+    O(n1 n2 (HW)^2 depth), in tiles of pairs under ``max_memory`` bytes.
+    """
+
+    depth: int
+    pooling: Pooling = "flatten"
+    filter_size: int = 3
+    fix_first_last: bool = False
+
+    _layout: ClassVar[str] = "(n, C, H, W)"
+    _min_trainable_depth: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        self._check_depth()
+        if self.pooling not in ("flatten", "gap"):
+            raise ValueError(f"pooling must be 'flatten' or 'gap'; got {self.pooling!r}")
+        check_int("filter_size", self.filter_size, 1)
+        if self.filter_size % 2 == 0:
+            raise ValueError(
+                "filter_size must be odd (zero 'same' padding needs a centred filter); "
+                f"got {self.filter_size}"
+            )
+
+    def _rules(self) -> Rules:
+        rules = ConvAllPositions if self.pooling == "gap" else ConvSamePosition
+        return rules(self.filter_size)

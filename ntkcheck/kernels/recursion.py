@@ -1,0 +1,143 @@
+"""The layer-by-layer recursion shared by FC and CNN, tiled over input pairs.
+
+With Sigma^(0) from the input rule and Theta^(0) = Sigma^(0) (0 when the first layer is
+fixed), each activation h = 1, 2, ... gives (K, K-dot) from Sigma^(h-1) (the ReLU dual) and
+
+    depth h + 1 reads out   NTK  = readout(K-dot * Theta^(h-1) + K)   (no "+ K" if the readout
+                            NNGP = readout(K)                          layer is fixed)
+    deeper layers continue  Sigma^(h) = layer(K),  Theta^(h) = layer(K-dot * Theta^(h-1) + K)
+
+which is Eq. (9) unrolled for FC and steps 1-4 of the CNTK recursion (Sec. 4) for CNN.  So
+one pass up to the deepest requested depth gives the kernels of every shallower depth.
+
+Sigma^(h)(x, x) at the same position depends on x alone, so it is computed once per input,
+not once per pair.  Pairs are processed in tiles whose working set stays under a byte
+budget; a Gram matrix computes only its upper-triangle tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Protocol
+
+import torch
+
+from .._progress import Progress
+from .relu import relu_dual
+
+LIVE_FIELDS = 10
+"""Fields of one pair alive at once in a tile (Sigma, Theta, norms, rho, K, K-dot, patch-sum
+outputs and temporaries); with the field size it turns a byte budget into a tile size."""
+
+
+class Kernels(NamedTuple):
+    ntk: torch.Tensor
+    nngp: torch.Tensor
+
+
+class Rules(Protocol):
+    scale: float
+
+    def field_numel(self, input_shape: tuple[int, ...]) -> int: ...
+    def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor: ...
+    def input_var(self, x: torch.Tensor) -> torch.Tensor: ...
+    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor: ...
+    def image_layer(self, v: torch.Tensor) -> torch.Tensor: ...
+    def pair_layer(self, t: torch.Tensor) -> torch.Tensor: ...
+    def readout(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+def image_stds(rules: Rules, x: torch.Tensor, activations: int) -> list[torch.Tensor]:
+    """sqrt(Sigma^(h)(x, x)) at the same position, for h = 0 .. activations - 1."""
+    var = rules.input_var(x)
+    stds = []
+    for h in range(activations):
+        stds.append(var.sqrt())
+        if h + 1 < activations:
+            k, _ = relu_dual(var, var, rules.scale)
+            var = rules.image_layer(k)
+    return stds
+
+
+def tile_kernels(
+    rules: Rules,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    stds1: list[torch.Tensor],
+    stds2: list[torch.Tensor],
+    depths: frozenset[int],
+    fix_first_last: bool,
+) -> dict[int, Kernels]:
+    """NTK and NNGP of every depth in ``depths`` for all pairs of one tile, in one pass."""
+    deepest = max(depths)
+    sigma = rules.input_cov(x1, x2)
+    theta = torch.zeros_like(sigma) if fix_first_last else sigma
+    found = {}
+    if 1 in depths:  # FC depth 1 is the linear model: both kernels are x.x'
+        found[1] = Kernels(rules.readout(theta), rules.readout(sigma))
+    for h in range(1, deepest):
+        k, kdot = relu_dual(sigma, rules.outer(stds1[h - 1], stds2[h - 1]), rules.scale)
+        propagated = kdot.mul_(theta)  # K-dot^(h) * Theta^(h-1)
+        if h + 1 in depths:
+            top = propagated if fix_first_last else propagated + k
+            found[h + 1] = Kernels(rules.readout(top), rules.readout(k))
+        if h + 1 < deepest:
+            sigma = rules.pair_layer(k)
+            theta = rules.pair_layer(propagated.add_(k))
+    return found
+
+
+def _tile_sides(n1: int, n2: int, pairs: int, symmetric: bool) -> tuple[int, int]:
+    side = max(1, math.isqrt(pairs))
+    if symmetric:
+        return min(n1, side), min(n1, side)
+    b2 = min(n2, side)
+    return min(n1, max(1, pairs // max(b2, 1))), b2
+
+
+def kernels(
+    rules: Rules,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    depths: frozenset[int],
+    *,
+    fix_first_last: bool,
+    max_memory: int,
+    progress: bool,
+) -> dict[int, Kernels]:
+    """(n1, n2) NTK and NNGP matrices for each depth; ``x2=None`` is the Gram matrix of ``x1``."""
+    symmetric = x2 is None
+    x2 = x1 if x2 is None else x2
+    n1, n2 = x1.shape[0], x2.shape[0]
+    activations = max(depths) - 1
+    stds1 = image_stds(rules, x1, activations)
+    stds2 = stds1 if symmetric else image_stds(rules, x2, activations)
+
+    pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * LIVE_FIELDS
+    b1, b2 = _tile_sides(n1, n2, max(1, max_memory // pair_bytes), symmetric)
+    tiles = [
+        (r, c)
+        for r in range(0, n1, b1)
+        for c in range(r if symmetric else 0, n2, b2)
+    ]
+    out = {
+        d: Kernels(x1.new_zeros(n1, n2), x1.new_zeros(n1, n2)) for d in sorted(depths)
+    }
+    total = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
+    with Progress(total, "kernel pairs", enabled=progress) as bar:
+        for r, c in tiles:
+            rows, cols = slice(r, r + b1), slice(c, c + b2)
+            found = tile_kernels(
+                rules, x1[rows], x2[cols],
+                [s[rows] for s in stds1], [s[cols] for s in stds2],
+                depths, fix_first_last,
+            )
+            for d, pair in found.items():
+                out[d].ntk[rows, cols] = pair.ntk
+                out[d].nngp[rows, cols] = pair.nngp
+            tile_rows, tile_cols = min(b1, n1 - r), min(b2, n2 - c)
+            bar.advance(tile_rows * tile_cols if not (symmetric and r == c)
+                        else tile_rows * (tile_rows + 1) // 2)
+    if symmetric:  # mirror the upper triangle: exactly symmetric, lower tiles never computed
+        out = {d: Kernels(*(k.triu() + k.triu(1).T for k in pair)) for d, pair in out.items()}
+    return out

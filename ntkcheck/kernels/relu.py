@@ -1,0 +1,36 @@
+"""The ReLU activation rule: the arc-cosine dual of Eq. (7), (8), (11) and (12).
+
+For (u, v) ~ N(0, [[S_xx, S_xz], [S_xz, S_zz]]) and rho = S_xz / sqrt(S_xx S_zz),
+
+    E[relu(u) relu(v)] = sqrt(S_xx S_zz) (sqrt(1 - rho^2) + (pi - arccos rho) rho) / (2 pi)
+    E[step(u) step(v)] = (pi - arccos rho) / (2 pi)
+
+(Cho and Saul, 2009).  The paper scales both by c_sigma = 2 (FC) or c_sigma / q^2 (CNN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+C_SIGMA = 2.0
+"""c_sigma = 1 / E[relu(z)^2] for z ~ N(0, 1): keeps E|g^(h)(x)|^2 = |x|^2 (Eq. 6)."""
+
+
+def relu_dual(
+    cov: torch.Tensor, norm: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, K-dot) from the cross-covariance ``cov`` = S_xz and ``norm`` = sqrt(S_xx S_zz).
+
+    K = scale * E[relu(u) relu(v)] and K-dot = scale * E[step(u) step(v)] (Eq. 11-12 with
+    ``scale`` = c_sigma / q^2; Eq. 7-8 with ``scale`` = c_sigma).  Where a norm is zero the
+    pre-activation is identically zero: K is 0 and K-dot is finite (it only ever multiplies a
+    zero NTK entry), so a zero image or patch never produces NaN.
+    """
+    # Guard the division: norm == 0 implies cov == 0 (Cauchy-Schwarz), so rho = 0 there.
+    rho = (cov / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp_(-1.0, 1.0)
+    angle = torch.acos(-rho)  # = pi - arccos(rho), one op and exact at rho = -1
+    kdot = angle * (scale / (2 * math.pi))
+    k = (torch.sqrt(1.0 - rho * rho) + angle * rho).mul_(norm).mul_(scale / (2 * math.pi))
+    return k, kdot
