@@ -38,8 +38,8 @@ class Dense:
     def input_var(self, x: torch.Tensor) -> torch.Tensor:
         return (x * x).sum(-1)
 
-    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        return s1[:, None] * s2[None, :]
+    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return v1[:, None] * v2[None, :]
 
     def image_layer(self, v: torch.Tensor) -> torch.Tensor:
         return v
@@ -76,8 +76,8 @@ class ConvSamePosition(_Conv):
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_layer(torch.einsum("ncij,mcij->nmij", x1, x2))
 
-    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        return s1[:, None] * s2[None, :]
+    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return v1[:, None] * v2[None, :]
 
     def pair_layer(self, t: torch.Tensor) -> torch.Tensor:
         return patch_sum(t, _IMAGE_AXES, self.radius)
@@ -95,8 +95,8 @@ class ConvAllPositions(_Conv):
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_layer(torch.einsum("ncij,mckl->nmijkl", x1, x2))
 
-    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        return s1[:, None, :, :, None, None] * s2[None, :, None, None, :, :]
+    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return v1[:, None, :, :, None, None] * v2[None, :, None, None, :, :]
 
     def pair_layer(self, t: torch.Tensor) -> torch.Tensor:
         return patch_sum(t, _PAIR_AXES, self.radius)

@@ -1,0 +1,108 @@
+"""The package against the literal float64 formulas of tests/kernels/literal.py, at 1e-10."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ntkcheck as nc
+
+from . import literal
+
+TOL = 1e-10
+
+
+def assert_matches(got: torch.Tensor, want: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=TOL * scale)
+
+
+def literal_matrices(fn, x1: np.ndarray, x2: np.ndarray, **kw):
+    pairs = [[fn(a, b, **kw) for b in x2] for a in x1]
+    return np.array([[p[0] for p in row] for row in pairs]), np.array(
+        [[p[1] for p in row] for row in pairs]
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("depth,fix", [(1, False), (2, False), (3, False), (5, False),
+                                       (3, True), (6, True)])
+def test_fc_matches_eq_7_to_9(rng, depth, fix):
+    x1, x2 = rng.normal(size=(4, 5)), rng.normal(size=(3, 5))
+    x1[2] = 0.0  # a zero input: finite kernel row of zeros
+    ntk, nngp = literal_matrices(literal.fc_kernels, x1, x2, depth=depth, fix_first_last=fix)
+    arch = nc.FC(depth=depth, fix_first_last=fix)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    assert_matches(arch.ntk(t1, t2), ntk)
+    assert_matches(arch.nngp(t1, t2), nngp)
+    assert np.all(ntk[2] == 0)
+
+
+CNN_CASES = [
+    # depth, pooling, q, fix, (C, P, Q)
+    (2, "flatten", 3, False, (2, 4, 3)),
+    (3, "flatten", 3, False, (2, 4, 3)),
+    (4, "flatten", 1, False, (3, 3, 3)),
+    (3, "flatten", 5, True, (1, 4, 4)),
+    (2, "gap", 3, False, (2, 3, 4)),
+    (3, "gap", 3, False, (2, 4, 3)),
+    (4, "gap", 3, True, (2, 3, 3)),
+    (3, "gap", 5, False, (1, 3, 4)),
+    (3, "gap", 1, True, (2, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("depth,pooling,q,fix,shape", CNN_CASES)
+def test_cnn_matches_sec_4_and_h(rng, depth, pooling, q, fix, shape):
+    x1, x2 = rng.normal(size=(2, *shape)), rng.normal(size=(2, *shape))
+    x2[1, :, :2, :] = 0.0  # zero patches: guarded norms, no NaN
+    ntk, nngp = literal_matrices(
+        literal.cntk_kernels, x1, x2, depth=depth, pooling=pooling, q=q, fix_first_last=fix
+    )
+    arch = nc.CNN(depth=depth, pooling=pooling, filter_size=q, fix_first_last=fix)
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
+    assert_matches(arch.ntk(t1, t2), ntk)
+    assert_matches(arch.nngp(t1, t2), nngp)
+
+
+def test_cnn_gram_and_zero_image(rng):
+    x = rng.normal(size=(3, 2, 3, 3))
+    x[1] = 0.0
+    ntk, nngp = literal_matrices(literal.cntk_kernels, x, x, depth=3, pooling="gap", q=3)
+    arch = nc.CNN(depth=3, pooling="gap")
+    got = arch.ntk(torch.from_numpy(x))
+    assert_matches(got, ntk)
+    assert torch.all(got[1] == 0) and torch.all(got[:, 1] == 0)
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+def test_tiles_under_a_tiny_memory_bound_give_the_same_matrices(rng, pooling):
+    """A byte budget so small that every tile holds one pair: same numbers, Gram and cross."""
+    x1 = torch.from_numpy(rng.normal(size=(5, 2, 4, 4)))
+    x2 = torch.from_numpy(rng.normal(size=(3, 2, 4, 4)))
+    arch = nc.CNN(depth=4, pooling=pooling)
+    for a, b in ((x1, None), (x1, x2)):
+        whole = arch.ntk(a, b, depths=(2, 4))
+        tiled = arch.ntk(a, b, depths=(2, 4), max_memory=1)
+        for d in whole:
+            torch.testing.assert_close(tiled[d], whole[d], rtol=1e-13, atol=0)
+    gram = arch.ntk(x1, max_memory=1)
+    assert torch.equal(gram, gram.T)
+
+
+def test_float32_error_against_float64(rng):
+    """float32 is allowed for speed; its error on image-like inputs is measured here."""
+    x = rng.normal(size=(4, 3, 8, 8))
+    for arch in (nc.FC(depth=6), nc.CNN(depth=6, pooling="flatten"),
+                 nc.CNN(depth=6, pooling="gap", fix_first_last=True)):
+        data = torch.from_numpy(x.reshape(4, -1) if isinstance(arch, nc.FC) else x)
+        exact = arch.ntk(data)
+        single = arch.ntk(data.float())
+        assert single.dtype == torch.float32
+        rel = float((single.double() - exact).abs().max() / exact.abs().max())
+        assert rel < 1e-5, rel
