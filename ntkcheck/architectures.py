@@ -19,7 +19,7 @@ from .kernels.recursion import Kernels, Rules, kernels
 from .kernels.rules import ConvAllPositions, ConvSamePosition, Dense
 
 DEFAULT_MAX_MEMORY = 2**30
-"""Bytes of working memory a kernel computation may use per tile of pairs (1 GiB)."""
+"""Bound on the bytes of a kernel computation's working set, output excluded (1 GiB)."""
 
 
 class _Architecture:
@@ -81,7 +81,9 @@ class _Architecture:
 
         With ``depths`` (e.g. ``(3, 4, 6, 11, 21)``, each <= ``self.depth``) returns
         ``{depth: (n1, n2) tensor}`` for all of them from one recursion up to the deepest.
-        ``max_memory`` bounds the bytes of one tile of pairs; ``progress`` reports on stderr.
+        ``max_memory`` bounds the working set in bytes (the output matrices excluded): pairs
+        go in tiles under it, and a pair that alone needs more is refused with a ValueError.
+        ``progress`` reports pairs done, rate and ETA on stderr.
         Output dtype and device follow the input.
         """
         found, single = self._compute(x1, x2, depths, max_memory, progress)

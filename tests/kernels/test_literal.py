@@ -80,18 +80,21 @@ def test_cnn_gram_and_zero_image(rng):
     assert torch.all(got[1] == 0) and torch.all(got[:, 1] == 0)
 
 
+ONE_GAP_PAIR = 16**2 * 8 * 10  # (4x4)^2 float64 entries x 10 live fields
+
+
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
 def test_tiles_under_a_tiny_memory_bound_give_the_same_matrices(rng, pooling):
-    """A byte budget so small that every tile holds one pair: same numbers, Gram and cross."""
+    """A byte budget so small that a GAP tile holds one pair: same numbers, Gram and cross."""
     x1 = torch.from_numpy(rng.normal(size=(5, 2, 4, 4)))
     x2 = torch.from_numpy(rng.normal(size=(3, 2, 4, 4)))
     arch = nc.CNN(depth=4, pooling=pooling)
     for a, b in ((x1, None), (x1, x2)):
         whole = arch.ntk(a, b, depths=(2, 4))
-        tiled = arch.ntk(a, b, depths=(2, 4), max_memory=1)
+        tiled = arch.ntk(a, b, depths=(2, 4), max_memory=ONE_GAP_PAIR)
         for d in whole:
             torch.testing.assert_close(tiled[d], whole[d], rtol=1e-13, atol=0)
-    gram = arch.ntk(x1, max_memory=1)
+    gram = arch.ntk(x1, max_memory=ONE_GAP_PAIR)
     assert torch.equal(gram, gram.T)
 
 
