@@ -47,10 +47,8 @@ def check_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x1 (and x2 unless None): finite float32/float64 tensors of rank ``rank`` whose
     trailing dims, dtype and device agree.  ``layout`` names the dims, e.g. "(n, d)"."""
-    checked = []
-    for name, x in (("x1", x1), ("x2", x2)):
-        if x is None and name == "x2":
-            continue
+    given = {"x1": x1} if x2 is None else {"x1": x1, "x2": x2}
+    for name, x in given.items():
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__} "
@@ -65,12 +63,8 @@ def check_inputs(
             )
         if any(s == 0 for s in x.shape[1:]):
             raise ValueError(f"{name} must have non-empty {layout} dims; got {tuple(x.shape)}")
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise ValueError(f"{name} contains NaN or inf ({bad} of {x.numel()} entries)")
-        checked.append(x)
-    if len(checked) == 2:
-        a, b = checked
+    if x2 is not None:
+        a, b = given["x1"], given["x2"]
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(
                 f"x1 and x2 must agree in every dim of {layout} but n; got shapes "
@@ -80,4 +74,8 @@ def check_inputs(
             raise ValueError(f"x1 is on {a.device} but x2 is on {b.device}; use one device")
         if a.dtype != b.dtype:
             raise TypeError(f"x1 is {a.dtype} but x2 is {b.dtype}; use one dtype")
-    return checked[0], (checked[1] if len(checked) == 2 else None)
+    for name, x in given.items():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"{name} contains NaN or inf ({bad} of {x.numel()} entries)")
+    return given["x1"], given.get("x2")

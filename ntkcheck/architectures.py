@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, overload
 import torch
 
 from ._checks import check_bool, check_depths, check_inputs, check_int
-from .kernels.recursion import Kernels, Rules, kernels
+from .kernels.recursion import Rules, kernels
 from .kernels.rules import ConvAllPositions, ConvSamePosition, Dense
 
 DEFAULT_MAX_MEMORY = 2**30
@@ -27,14 +27,14 @@ class _Architecture:
 
     depth: int
     fix_first_last: bool
-    _layout: ClassVar[str]
+    _layout: ClassVar[str]  # the input's dims, for messages
+    _rank: ClassVar[int]
+    _min_trainable_depth: ClassVar[int]
 
     @property
     def min_depth(self) -> int:
         """Smallest valid depth: 3 with ``fix_first_last`` (depth 2 would train nothing)."""
         return 3 if self.fix_first_last else self._min_trainable_depth
-
-    _min_trainable_depth: ClassVar[int]
 
     def _check_depth(self) -> None:
         check_bool("fix_first_last", self.fix_first_last)
@@ -49,15 +49,16 @@ class _Architecture:
     def _rules(self) -> Rules:
         raise NotImplementedError
 
-    def _compute(
+    def _kernel(
         self,
+        which: Literal["ntk", "nngp"],
         x1: torch.Tensor,
         x2: torch.Tensor | None,
         depths: Iterable[int] | None,
         max_memory: int,
         progress: bool,
-    ) -> tuple[dict[int, Kernels], bool]:
-        x1, x2 = check_inputs(x1, x2, len(self._layout.split(",")), self._layout)
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        x1, x2 = check_inputs(x1, x2, self._rank, self._layout)
         chosen = check_depths(
             self.depth if depths is None else depths, self.min_depth, self.depth
         )
@@ -67,7 +68,9 @@ class _Architecture:
             self._rules(), x1, x2, chosen,
             fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
         )
-        return found, depths is None
+        if depths is None:
+            return getattr(found[self.depth], which)
+        return {d: getattr(pair, which) for d, pair in found.items()}
 
     @overload
     def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
@@ -86,8 +89,7 @@ class _Architecture:
         ``progress`` reports pairs done, rate and ETA on stderr.
         Output dtype and device follow the input.
         """
-        found, single = self._compute(x1, x2, depths, max_memory, progress)
-        return found[self.depth].ntk if single else {d: k.ntk for d, k in found.items()}
+        return self._kernel("ntk", x1, x2, depths, max_memory, progress)
 
     @overload
     def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
@@ -102,8 +104,7 @@ class _Architecture:
         The output's covariance does not depend on which layers train, so
         ``fix_first_last`` does not change it.
         """
-        found, single = self._compute(x1, x2, depths, max_memory, progress)
-        return found[self.depth].nngp if single else {d: k.nngp for d, k in found.items()}
+        return self._kernel("nngp", x1, x2, depths, max_memory, progress)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class FC(_Architecture):
     fix_first_last: bool = False
 
     _layout: ClassVar[str] = "(n, d)"
+    _rank: ClassVar[int] = 2
     _min_trainable_depth: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -150,6 +152,7 @@ class CNN(_Architecture):
     fix_first_last: bool = False
 
     _layout: ClassVar[str] = "(n, C, H, W)"
+    _rank: ClassVar[int] = 4
     _min_trainable_depth: ClassVar[int] = 2
 
     def __post_init__(self) -> None:

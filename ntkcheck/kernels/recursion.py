@@ -93,11 +93,12 @@ def tile_kernels(
 
 
 def _tile_sides(n1: int, n2: int, pairs: int, symmetric: bool) -> tuple[int, int]:
+    """Rows and columns of a tile of at most ``pairs`` pairs (>= 1 each, even if n is 0)."""
     side = max(1, math.isqrt(pairs))
     if symmetric:
-        return min(n1, side), min(n1, side)
-    b2 = min(n2, side)
-    return min(n1, max(1, pairs // max(b2, 1))), b2
+        return max(1, min(n1, side)), max(1, min(n1, side))
+    b2 = max(1, min(n2, side))
+    return max(1, min(n1, pairs // b2)), b2
 
 
 def kernels(

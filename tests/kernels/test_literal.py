@@ -109,3 +109,12 @@ def test_float32_error_against_float64(rng):
         assert single.dtype == torch.float32
         rel = float((single.double() - exact).abs().max() / exact.abs().max())
         assert rel < 1e-5, rel
+
+
+def test_flatten_never_builds_position_pair_tensors():
+    """128 x 128 images: one (HW)^2 field would be 2 GiB in float64; a same-position field
+    is 128 KiB, so 2 MiB holds all ten live fields of a pair."""
+    x = torch.randn(2, 3, 128, 128, dtype=torch.float64)
+    arch = nc.CNN(depth=3, pooling="flatten")
+    gram = arch.ntk(x, max_memory=2**21)
+    assert torch.isfinite(gram).all() and gram.shape == (2, 2)

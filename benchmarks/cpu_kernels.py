@@ -1,0 +1,117 @@
+"""Seconds per pair of the exact kernels on the CPU: FC, CNTK-V (flatten), CNTK-GAP.
+
+32x32x3 inputs (FC on the flattened 3,072 values), depths 3 / 11 / 21, float64 and float32,
+plus one pass that reads out depths 3, 4, 6, 11 and 21 together.  Cross matrices
+(n1 x n2 pairs) of random inputs: the cost does not depend on pixel values.
+
+    python benchmarks/cpu_kernels.py            -> benchmarks/results/cpu_kernels.json
+    python benchmarks/cpu_kernels.py --gram50   -> benchmarks/results/cpu_gap_gram50.json
+        (a 50 x 50 CNTK-GAP Gram matrix at depth 21, float64: wall time and peak memory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ntkcheck as nc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (kernel, pooling, n1, n2) per depth: sizes chosen for a few seconds per row here.
+SIZES = {
+    "FC": {3: (2000, 2000), 11: (2000, 2000), 21: (2000, 2000)},
+    "CNTK-V": {3: (100, 100), 11: (60, 60), 21: (40, 40)},
+    "CNTK-GAP": {3: (4, 6), 11: (3, 4), 21: (2, 4)},
+}
+ALL_DEPTHS = (3, 4, 6, 11, 21)
+
+
+def machine() -> dict[str, object]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "ntkcheck": nc.__version__}
+
+
+def architecture(kernel: str, depth: int) -> nc.FC | nc.CNN:
+    if kernel == "FC":
+        return nc.FC(depth=depth)
+    if kernel == "CNTK-V":
+        return nc.CNN(depth=depth, pooling="flatten")
+    return nc.CNN(depth=depth, pooling="gap", fix_first_last=True)
+
+
+def inputs(kernel: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x.flatten(1) if kernel == "FC" else x
+
+
+def time_row(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> dict[str, object]:
+    n1, n2 = SIZES[kernel][depth]
+    arch = architecture(kernel, depth)
+    x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
+    arch.ntk(x1[:1], x2[:1])  # warm-up
+    start = time.perf_counter()
+    arch.ntk(x1, x2, depths=depths)
+    seconds = time.perf_counter() - start
+    row = {"kernel": kernel, "image": "32x32x3", "depth": depth,
+           "depths_in_one_pass": list(depths) if depths else [depth],
+           "dtype": str(dtype).removeprefix("torch."), "n1": n1, "n2": n2,
+           "pairs": n1 * n2, "seconds": round(seconds, 4),
+           "us_per_pair": round(seconds / (n1 * n2) * 1e6, 3)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table() -> None:
+    rows = [time_row(kernel, depth, dtype)
+            for dtype in (torch.float64, torch.float32)
+            for kernel in SIZES for depth in (3, 11, 21)]
+    rows += [time_row(kernel, 21, torch.float64, depths=ALL_DEPTHS) for kernel in SIZES]
+    write("cpu_kernels.json", {"benchmark": "cpu_kernels", "machine": machine(),
+                               "versions": versions(), "rows": rows})
+
+
+def gram50() -> None:
+    x = inputs("CNTK-GAP", 50, torch.float64, 0)
+    arch = architecture("CNTK-GAP", 21)
+    start = time.perf_counter()
+    gram = arch.ntk(x, progress=True)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    write("cpu_gap_gram50.json", {
+        "benchmark": "cpu_gap_gram50", "machine": machine(), "versions": versions(),
+        "kernel": "CNTK-GAP", "fix_first_last": True, "image": "32x32x3", "depth": 21,
+        "dtype": "float64", "n": 50, "pairs": 50 * 51 // 2, "seconds": round(seconds, 1),
+        "s_per_pair": round(seconds / (50 * 51 / 2), 4), "peak_rss_mib": peak_kib // 1024,
+        "max_memory_bytes": 2**30, "finite": bool(torch.isfinite(gram).all()),
+    })
+
+
+def write(name: str, result: dict[str, object]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {RESULTS / name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gram50", action="store_true", help="the 50 x 50 GAP Gram run")
+    gram50() if parser.parse_args().gram50 else table()
