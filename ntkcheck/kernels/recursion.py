@@ -115,6 +115,12 @@ def kernels(
 
     ``max_memory`` bounds the bytes of the recursion's working set (not the output matrices).
     """
+    pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * LIVE_FIELDS
+    if pair_bytes > max_memory:
+        raise ValueError(
+            f"max_memory={max_memory} bytes is below the {pair_bytes} bytes that one pair of "
+            f"{tuple(x1.shape[1:])} {x1.dtype} inputs needs here; raise max_memory"
+        )
     symmetric = x2 is None
     x2 = x1 if x2 is None else x2
     n1, n2 = x1.shape[0], x2.shape[0]
@@ -122,12 +128,6 @@ def kernels(
     vars1 = image_vars(rules, x1, activations)
     vars2 = vars1 if symmetric else image_vars(rules, x2, activations)
 
-    pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * LIVE_FIELDS
-    if pair_bytes > max_memory:
-        raise ValueError(
-            f"max_memory={max_memory} bytes is below the {pair_bytes} bytes that one pair of "
-            f"{tuple(x1.shape[1:])} {x1.dtype} inputs needs here; raise max_memory"
-        )
     tile_bytes = max_memory if x1.is_cuda else min(max_memory, CPU_TILE_BYTES)
     b1, b2 = _tile_sides(n1, n2, tile_bytes // pair_bytes, symmetric)
     tiles = [

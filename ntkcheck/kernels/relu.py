@@ -41,7 +41,8 @@ def relu_dual(
     info = torch.finfo(norm.dtype)
     rho = cov / norm.clamp_min(info.tiny)
     rho = torch.where(rho.abs() >= 1.0 - SNAP_ULPS * info.eps, rho.sign(), rho)
-    angle = torch.acos(-rho)  # = pi - arccos(rho), one op and exact at rho = -1
+    angle = torch.acos(-rho)  # theta = pi - arccos(rho) in [0, pi]; exact at rho = -1
     kdot = angle * (scale / (2 * math.pi))
-    k = (torch.sqrt(1.0 - rho * rho) + angle * rho).mul_(norm).mul_(scale / (2 * math.pi))
+    # sqrt(1 - rho^2) = sin(theta): K = scale * norm * (sin(theta) + theta rho) / (2 pi)
+    k = torch.sin(angle).addcmul_(angle, rho).mul_(norm).mul_(scale / (2 * math.pi))
     return k, kdot
