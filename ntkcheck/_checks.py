@@ -23,12 +23,10 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_depths(depths: Iterable[int], minimum: int, maximum: int) -> frozenset[int]:
+def check_depths(depths: int | Iterable[int], minimum: int, maximum: int) -> frozenset[int]:
     """The set of depths to read out of one pass: each in [minimum, maximum]."""
-    if isinstance(depths, int) and not isinstance(depths, bool):
-        depths = (depths,)
     try:
-        chosen = tuple(depths)
+        chosen = (depths,) if isinstance(depths, int) else tuple(depths)
     except TypeError:
         raise TypeError(f"depths must be a sequence of ints; got {depths!r}") from None
     if not chosen:
@@ -47,13 +45,16 @@ def check_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x1 (and x2 unless None): finite float32/float64 tensors of rank ``rank`` whose
     trailing dims, dtype and device agree.  ``layout`` names the dims, e.g. "(n, d)"."""
-    given = {"x1": x1} if x2 is None else {"x1": x1, "x2": x2}
-    for name, x in given.items():
+    given: dict[str, torch.Tensor] = {}
+    for name, x in (("x1", x1), ("x2", x2)):
+        if name == "x2" and x is None:
+            continue
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape {layout}; got {type(x).__name__} "
                 "(convert with torch.as_tensor)"
             )
+        given[name] = x
         if x.dim() != rank:
             raise ValueError(f"{name} must have shape {layout}; got shape {tuple(x.shape)}")
         if x.dtype not in FLOAT_DTYPES:
@@ -63,7 +64,7 @@ def check_inputs(
             )
         if any(s == 0 for s in x.shape[1:]):
             raise ValueError(f"{name} must have non-empty {layout} dims; got {tuple(x.shape)}")
-    if x2 is not None:
+    if "x2" in given:
         a, b = given["x1"], given["x2"]
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(

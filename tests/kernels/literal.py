@@ -78,7 +78,7 @@ def cntk_kernels(
         for a, b in pairs
     }
     sigmas, ks, kdots = [sigma[("x", "z")]], [None], [None]
-    for h in range(1, L + 1):
+    for _ in range(L):
         k = {p: np.zeros((P, Q, P, Q)) for p in pairs}
         kdot = np.zeros((P, Q, P, Q))
         for (a, b), (i, j, i2, j2) in itertools.product(

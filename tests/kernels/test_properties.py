@@ -27,9 +27,13 @@ def fcs(draw: st.DrawFn) -> nc.FC:
     return nc.FC(depth=draw(st.integers(3 if fix else 1, 6)), fix_first_last=fix)
 
 
+POOLINGS = st.sampled_from(["flatten", "gap"])
+FILTER_SIZES = st.sampled_from([1, 3, 5])
+
+
 @st.composite
-def cnns(draw: st.DrawFn, pooling: st.SearchStrategy[str] = st.sampled_from(["flatten", "gap"]),
-         filter_size: st.SearchStrategy[int] = st.sampled_from([1, 3, 5])) -> nc.CNN:
+def cnns(draw: st.DrawFn, pooling: st.SearchStrategy[str] = POOLINGS,
+         filter_size: st.SearchStrategy[int] = FILTER_SIZES) -> nc.CNN:
     fix = draw(st.booleans())
     return nc.CNN(depth=draw(st.integers(3 if fix else 2, 5)), pooling=draw(pooling),
                   filter_size=draw(filter_size), fix_first_last=fix)
