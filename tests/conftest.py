@@ -1,6 +1,9 @@
 from hypothesis import settings
 
-# The default keeps the suite fast; `pytest --hypothesis-profile=thorough` digs deeper.
-settings.register_profile("ntkcheck", max_examples=40, deadline=None)
+# The default is derandomized, so CI runs the same examples every time: the kernel is only
+# sqrt(eps)-conditioned at nearly collinear inputs, and a rare random draw must not turn a
+# run red by chance.  `pytest --hypothesis-profile=thorough` searches 1000 fresh examples
+# per property.
+settings.register_profile("ntkcheck", max_examples=40, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile("ntkcheck")

@@ -45,30 +45,33 @@ class Rules(Protocol):
     def field_numel(self, input_shape: tuple[int, ...]) -> int: ...
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor: ...
     def input_var(self, x: torch.Tensor) -> torch.Tensor: ...
-    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor: ...
+    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor: ...
     def image_layer(self, v: torch.Tensor) -> torch.Tensor: ...
     def pair_layer(self, t: torch.Tensor) -> torch.Tensor: ...
     def readout(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
-def image_vars(rules: Rules, x: torch.Tensor, activations: int) -> list[torch.Tensor]:
-    """Sigma^(h)(x, x) at the same position, for h = 0 .. activations - 1."""
+def image_stds(rules: Rules, x: torch.Tensor, activations: int) -> list[torch.Tensor]:
+    """sqrt(Sigma^(h)(x, x)) at the same position, for h = 0 .. activations - 1."""
     var = rules.input_var(x)
-    found = []
+    stds = []
     for h in range(activations):
-        found.append(var)
+        std = var.sqrt()
+        stds.append(std)
         if h + 1 < activations:
-            k, _ = relu_dual(var, var, rules.scale)
+            # std * std is the norm a pair of identical inputs gets from ``outer`` below, so
+            # both paths stay bitwise equal and rho stays exactly 1 for identical inputs.
+            k, _ = relu_dual(var, std * std, rules.scale)
             var = rules.image_layer(k)
-    return found
+    return stds
 
 
 def tile_kernels(
     rules: Rules,
     x1: torch.Tensor,
     x2: torch.Tensor,
-    vars1: list[torch.Tensor],
-    vars2: list[torch.Tensor],
+    stds1: list[torch.Tensor],
+    stds2: list[torch.Tensor],
     depths: frozenset[int],
     fix_first_last: bool,
 ) -> dict[int, Kernels]:
@@ -80,7 +83,7 @@ def tile_kernels(
     if 1 in depths:  # FC depth 1 is the linear model: both kernels are x.x'
         found[1] = Kernels(rules.readout(theta), rules.readout(sigma))
     for h in range(1, deepest):
-        norm = rules.outer(vars1[h - 1], vars2[h - 1]).sqrt_()  # sqrt(S_xx S_zz)
+        norm = rules.outer(stds1[h - 1], stds2[h - 1])  # sqrt(S_xx) sqrt(S_zz)
         k, kdot = relu_dual(sigma, norm, rules.scale)
         propagated = kdot.mul_(theta)  # K-dot^(h) * Theta^(h-1)
         if h + 1 in depths:
@@ -125,8 +128,8 @@ def kernels(
     x2 = x1 if x2 is None else x2
     n1, n2 = x1.shape[0], x2.shape[0]
     activations = max(depths) - 1
-    vars1 = image_vars(rules, x1, activations)
-    vars2 = vars1 if symmetric else image_vars(rules, x2, activations)
+    stds1 = image_stds(rules, x1, activations)
+    stds2 = stds1 if symmetric else image_stds(rules, x2, activations)
 
     tile_bytes = max_memory if x1.is_cuda else min(max_memory, CPU_TILE_BYTES)
     b1, b2 = _tile_sides(n1, n2, tile_bytes // pair_bytes, symmetric)
@@ -144,7 +147,7 @@ def kernels(
             rows, cols = slice(r, r + b1), slice(c, c + b2)
             found = tile_kernels(
                 rules, x1[rows], x2[cols],
-                [v[rows] for v in vars1], [v[cols] for v in vars2],
+                [s[rows] for s in stds1], [s[cols] for s in stds2],
                 depths, fix_first_last,
             )
             for d, pair in found.items():

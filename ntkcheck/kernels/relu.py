@@ -29,8 +29,9 @@ def relu_dual(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, K-dot) from the cross-covariance ``cov`` = S_xz and ``norm`` = sqrt(S_xx S_zz).
 
-    Pass ``norm`` as ``sqrt(S_xx * S_zz)`` (one rounding): for identical inputs it is then
-    S_xx exactly, so rho stays exactly 1 from layer to layer instead of drifting.
+    Compute ``norm`` the same way for a pair of identical inputs as for one input with
+    itself (e.g. sqrt(S_xx) * sqrt(S_xx) in both): then both give the same K bits, the
+    recursion keeps S_xz = S_xx exactly, and rho stays exactly 1 layer after layer.
 
     K = scale * E[relu(u) relu(v)] and K-dot = scale * E[step(u) step(v)] (Eq. 11-12 with
     ``scale`` = c_sigma / q^2; Eq. 7-8 with ``scale`` = c_sigma).  Where a norm is zero the

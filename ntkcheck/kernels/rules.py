@@ -10,7 +10,8 @@ Each rule set owns the architecture-specific steps of the paper's recursion:
 Fields are the tensors the recursion carries for a tile of b1 x b2 input pairs:
 (b1, b2) for FC, (b1, b2, P, Q) for the same-position entries (i, j, i, j) that flatten
 needs, and (b1, b2, P, Q, P, Q) for every position pair, which GAP needs.  Per-image
-variances Sigma^(h)(x, x) at the same position are (n,) for FC and (n, P, Q) for CNN.
+variances Sigma^(h)(x, x) at the same position (and their square roots) are (n,) for FC and
+(n, P, Q) for CNN.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class Dense:
     def input_var(self, x: torch.Tensor) -> torch.Tensor:
         return (x * x).sum(-1)
 
-    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        return v1[:, None] * v2[None, :]
+    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        return s1[:, None] * s2[None, :]
 
     def image_layer(self, v: torch.Tensor) -> torch.Tensor:
         return v
@@ -76,8 +77,8 @@ class ConvSamePosition(_Conv):
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_layer(torch.einsum("ncij,mcij->nmij", x1, x2))
 
-    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        return v1[:, None] * v2[None, :]
+    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        return s1[:, None] * s2[None, :]
 
     def pair_layer(self, t: torch.Tensor) -> torch.Tensor:
         return patch_sum(t, _IMAGE_AXES, self.radius)
@@ -95,8 +96,8 @@ class ConvAllPositions(_Conv):
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_layer(torch.einsum("ncij,mckl->nmijkl", x1, x2))
 
-    def outer(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        return v1[:, None, :, :, None, None] * v2[None, :, None, None, :, :]
+    def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        return s1[:, None, :, :, None, None] * s2[None, :, None, None, :, :]
 
     def pair_layer(self, t: torch.Tensor) -> torch.Tensor:
         return patch_sum(t, _PAIR_AXES, self.radius)
