@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data-root", default=None, help="folder with the CIFAR-10 files")
     args = parser.parse_args(argv)
     try:
-        if args.n is not None and args.n < 1:
+        if args.n < 1:
             raise ValueError(f"--n must be >= 1; got {args.n}")
         _demo(args)
     except (ValueError, TypeError, FileNotFoundError) as error:

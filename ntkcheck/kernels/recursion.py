@@ -99,7 +99,8 @@ def _tile_sides(n1: int, n2: int, pairs: int, symmetric: bool) -> tuple[int, int
     """Rows and columns of a tile of at most ``pairs`` pairs (>= 1 each, even if n is 0)."""
     side = max(1, math.isqrt(pairs))
     if symmetric:
-        return max(1, min(n1, side)), max(1, min(n1, side))
+        b = max(1, min(n1, side))
+        return b, b
     b2 = max(1, min(n2, side))
     return max(1, min(n1, pairs // b2)), b2
 
