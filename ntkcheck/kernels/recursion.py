@@ -18,6 +18,7 @@ budget; a Gram matrix computes only its upper-triangle tiles.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -125,38 +126,54 @@ def kernels(
             f"max_memory={max_memory} bytes is below the {pair_bytes} bytes that one pair of "
             f"{tuple(x1.shape[1:])} {x1.dtype} inputs needs here; raise max_memory"
         )
-    symmetric = x2 is None
-    x2 = x1 if x2 is None else x2
-    n1, n2 = x1.shape[0], x2.shape[0]
     activations = max(depths) - 1
     stds1 = image_stds(rules, x1, activations)
-    stds2 = stds1 if symmetric else image_stds(rules, x2, activations)
+    stds2 = stds1 if x2 is None else image_stds(rules, x2, activations)
+    z = x1 if x2 is None else x2
+
+    def tile(rows: slice, cols: slice) -> dict[int, Kernels]:
+        return tile_kernels(
+            rules, x1[rows], z[cols], [s[rows] for s in stds1], [s[cols] for s in stds2],
+            depths, fix_first_last,
+        )
 
     tile_bytes = max_memory if x1.is_cuda else min(max_memory, CPU_TILE_BYTES)
-    b1, b2 = _tile_sides(n1, n2, tile_bytes // pair_bytes, symmetric)
-    tiles = [
-        (r, c)
-        for r in range(0, n1, b1)
-        for c in range(r if symmetric else 0, n2, b2)
-    ]
+    return tiled(x1, x2, depths, tile_bytes // pair_bytes, tile, progress)
+
+
+TileFn = Callable[[slice, slice], dict[int, Kernels]]
+"""Kernels of the pairs (x1[rows], x2[cols]) of one tile, keyed by depth; on a Gram
+matrix's diagonal tiles only the entries on and above the diagonal need be right."""
+
+
+def tiled(
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    depths: frozenset[int],
+    pairs: int,
+    tile: TileFn,
+    progress: bool,
+) -> dict[int, Kernels]:
+    """Assemble (n1, n2) matrices from tiles of at most ``pairs`` pairs; a Gram matrix
+    (``x2=None``) computes only its upper-triangle tiles and mirrors them."""
+    symmetric = x2 is None
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    b1, b2 = _tile_sides(n1, n2, pairs, symmetric)
     out = {
         d: Kernels(x1.new_zeros(n1, n2), x1.new_zeros(n1, n2)) for d in sorted(depths)
     }
     total = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
     with Progress(total, "kernel pairs", enabled=progress) as bar:
-        for r, c in tiles:
-            rows, cols = slice(r, r + b1), slice(c, c + b2)
-            found = tile_kernels(
-                rules, x1[rows], x2[cols],
-                [s[rows] for s in stds1], [s[cols] for s in stds2],
-                depths, fix_first_last,
-            )
-            for d, pair in found.items():
-                out[d].ntk[rows, cols] = pair.ntk
-                out[d].nngp[rows, cols] = pair.nngp
-            tile_rows, tile_cols = min(b1, n1 - r), min(b2, n2 - c)
-            bar.advance(tile_rows * tile_cols if not (symmetric and r == c)
-                        else tile_rows * (tile_rows + 1) // 2)
+        for r in range(0, n1, b1):
+            for c in range(r if symmetric else 0, n2, b2):
+                rows, cols = slice(r, r + b1), slice(c, c + b2)
+                for d, pair in tile(rows, cols).items():
+                    out[d].ntk[rows, cols] = pair.ntk
+                    out[d].nngp[rows, cols] = pair.nngp
+                tile_rows, tile_cols = min(b1, n1 - r), min(b2, n2 - c)
+                bar.advance(tile_rows * tile_cols if not (symmetric and r == c)
+                            else tile_rows * (tile_rows + 1) // 2)
     if symmetric:  # mirror the upper triangle: exactly symmetric, lower tiles never computed
         out = {d: Kernels(*(k.triu() + k.triu(1).T for k in pair)) for d, pair in out.items()}
     return out
