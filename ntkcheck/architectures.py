@@ -8,6 +8,7 @@ N(0, 1) without biases, ReLU with c_sigma = 2, zero "same" padding and stride 1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, overload
@@ -15,11 +16,15 @@ from typing import ClassVar, Literal, overload
 import torch
 
 from ._checks import check_bool, check_depths, check_inputs, check_int
-from .kernels.recursion import Rules, kernels
+from .kernels import fused
+from .kernels.recursion import Kernels, Rules, kernels
 from .kernels.rules import ConvAllPositions, ConvSamePosition, Dense
 
 DEFAULT_MAX_MEMORY = 2**30
 """Bound on the bytes of a kernel computation's working set, output excluded (1 GiB)."""
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS = ("auto", "torch", "triton")
 
 
 class _Architecture:
@@ -30,6 +35,7 @@ class _Architecture:
     _layout: ClassVar[str]  # the input's dims, for messages
     _rank: ClassVar[int]
     _min_trainable_depth: ClassVar[int]
+    _has_fused: ClassVar[bool] = False
 
     @property
     def min_depth(self) -> int:
@@ -49,6 +55,53 @@ class _Architecture:
     def _rules(self) -> Rules:
         raise NotImplementedError
 
+    def _fused_unsupported(self, x: torch.Tensor) -> str | None:
+        """Why the fused GPU kernel cannot compute this kernel on ``x`` (None: it can)."""
+        return f"the fused kernel exists for CNN only ({type(self).__name__} is cheap anyway)"
+
+    def _fused(self, x1: torch.Tensor, x2: torch.Tensor | None, depths: frozenset[int],
+               max_memory: int, progress: bool) -> dict[int, Kernels]:
+        raise NotImplementedError
+
+    def _kernels(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None,
+        depths: frozenset[int],
+        *,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        progress: bool = False,
+        backend: Backend = "auto",
+    ) -> dict[int, Kernels]:
+        """NTK and NNGP of each depth in ``depths`` for checked inputs (see ``ntk``)."""
+        check_int("max_memory", max_memory, 1, " bytes")
+        check_bool("progress", progress)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if self._use_fused(x1, backend):
+            return self._fused(x1, x2, depths, max_memory, progress)
+        return kernels(
+            self._rules(), x1, x2, depths,
+            fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
+        )
+
+    def _use_fused(self, x: torch.Tensor, backend: Backend) -> bool:
+        """"auto" takes the fused kernel for the CUDA float32 CNN inputs it supports and
+        says so when it has to fall back; "triton" insists (an error names what is missing)."""
+        if backend == "torch":
+            return False
+        reason = self._fused_unsupported(x)
+        if backend == "triton":
+            if reason is not None:
+                raise ValueError(f"backend='triton' cannot compute this kernel: {reason}")
+            return True
+        if not (self._has_fused and x.is_cuda and x.dtype == torch.float32):
+            return False
+        if reason is not None:
+            warnings.warn(f"ntkcheck: using the torch reference, not the fused kernel: {reason}",
+                          stacklevel=5)
+        return reason is None
+
     def _kernel(
         self,
         which: Literal["ntk", "nngp"],
@@ -57,29 +110,29 @@ class _Architecture:
         depths: Iterable[int] | None,
         max_memory: int,
         progress: bool,
+        backend: Backend,
     ) -> torch.Tensor | dict[int, torch.Tensor]:
         x1, x2 = check_inputs(x1, x2, self._rank, self._layout)
         chosen = check_depths(
             self.depth if depths is None else depths, self.min_depth, self.depth
         )
-        check_int("max_memory", max_memory, 1, " bytes")
-        check_bool("progress", progress)
-        found = kernels(
-            self._rules(), x1, x2, chosen,
-            fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
-        )
+        found = self._kernels(x1, x2, chosen, max_memory=max_memory, progress=progress,
+                              backend=backend)
         if depths is None:
             return getattr(found[self.depth], which)
         return {d: getattr(pair, which) for d, pair in found.items()}
 
     @overload
     def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
-            max_memory: int = ..., progress: bool = ...) -> torch.Tensor: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
+            ) -> torch.Tensor: ...
     @overload
     def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: Iterable[int],
-            max_memory: int = ..., progress: bool = ...) -> dict[int, torch.Tensor]: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
+            ) -> dict[int, torch.Tensor]: ...
 
-    def ntk(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False):
+    def ntk(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False,
+            backend="auto"):
         """Exact NTK Theta(x1, x2): an (n1, n2) tensor; ``x2=None`` means ``x1`` (Gram).
 
         With ``depths`` (e.g. ``(3, 4, 6, 11, 21)``, each <= ``self.depth``) returns
@@ -87,24 +140,30 @@ class _Architecture:
         ``max_memory`` bounds the working set in bytes (the output matrices excluded): pairs
         go in tiles under it, and a pair that alone needs more is refused with a ValueError.
         ``progress`` reports pairs done, rate and ETA on stderr.
+        ``backend``: "auto" runs CNN kernels of CUDA float32 inputs with the fused Triton
+        kernel (images up to 64x64; otherwise it warns and uses the reference), "torch"
+        forces the torch reference, "triton" insists on the fused kernel.
         Output dtype and device follow the input.
         """
-        return self._kernel("ntk", x1, x2, depths, max_memory, progress)
+        return self._kernel("ntk", x1, x2, depths, max_memory, progress, backend)
 
     @overload
     def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
-             max_memory: int = ..., progress: bool = ...) -> torch.Tensor: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
+            ) -> torch.Tensor: ...
     @overload
     def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: Iterable[int],
-             max_memory: int = ..., progress: bool = ...) -> dict[int, torch.Tensor]: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
+            ) -> dict[int, torch.Tensor]: ...
 
-    def nngp(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False):
+    def nngp(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False,
+            backend="auto"):
         """NNGP kernel E[f(x1) f(x2)] at initialization (Eq. 1, 7); arguments as ``ntk``.
 
         The output's covariance does not depend on which layers train, so
         ``fix_first_last`` does not change it.
         """
-        return self._kernel("nngp", x1, x2, depths, max_memory, progress)
+        return self._kernel("nngp", x1, x2, depths, max_memory, progress, backend)
 
 
 @dataclass(frozen=True)
@@ -154,6 +213,7 @@ class CNN(_Architecture):
     _layout: ClassVar[str] = "(n, C, H, W)"
     _rank: ClassVar[int] = 4
     _min_trainable_depth: ClassVar[int] = 2
+    _has_fused: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self._check_depth()
@@ -169,3 +229,13 @@ class CNN(_Architecture):
     def _rules(self) -> Rules:
         rules = ConvAllPositions if self.pooling == "gap" else ConvSamePosition
         return rules(self.filter_size)
+
+    def _fused_unsupported(self, x: torch.Tensor) -> str | None:
+        return fused.unsupported_reason(x)
+
+    def _fused(self, x1: torch.Tensor, x2: torch.Tensor | None, depths: frozenset[int],
+               max_memory: int, progress: bool) -> dict[int, Kernels]:
+        return fused.fused_kernels(
+            x1, x2, depths, filter_size=self.filter_size, gap=self.pooling == "gap",
+            fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
+        )

@@ -22,6 +22,13 @@ MAX_SIDE = 64
 """Largest image side of the fused kernel: a slice is held in registers (and tl.dot needs
 sides of at least 16, so smaller images are padded to 16)."""
 
+NUM_WARPS = 4
+"""Warps per program (one slice of 32x32 entries: 8 per thread and field at 4 warps)."""
+
+PRECISION = 2
+"""Patch-sum precision: 2 = tf32 hi/lo split (default), 1 = plain tf32 (~1e-3 relative
+error), 0 = exact float32 products on the CUDA cores (slow); see ``triton_cntk``."""
+
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
 
@@ -46,7 +53,8 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
     if x.dtype != torch.float32:
         return f"it computes in float32; the inputs are {x.dtype}"
     if max(x.shape[-2:]) > MAX_SIDE:
-        return f"images larger than {MAX_SIDE}x{MAX_SIDE} are not supported; got {tuple(x.shape[-2:])}"
+        return (f"images larger than {MAX_SIDE}x{MAX_SIDE} are not supported; "
+                f"got {tuple(x.shape[-2:])}")
     return None
 
 
@@ -70,13 +78,11 @@ def fused_kernels(
     fix_first_last: bool,
     max_memory: int,
     progress: bool,
-    precision: int = 2,
 ) -> dict[int, Kernels]:
     """CNN NTK and NNGP of every depth in ``depths`` (each >= 2) with the fused kernel.
 
     Same meaning as ``recursion.kernels``; ``max_memory`` bounds the per-slice readout
-    buffer of a launch.  ``precision``: 2 (tf32 hi/lo split, default), 1 (plain tf32) or
-    0 (exact float32 products, slow); see ``triton_cntk``.
+    buffer of a launch.
     """
     from . import triton_cntk  # imported here: triton is optional
 
@@ -108,8 +114,8 @@ def fused_kernels(
             x1.shape[0], z.shape[0], side_p, side_q, side_q if gap else 1,
             rules.scale, torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
             CHANNELS=channels, RADIUS=rules.radius, DEEPEST=deepest, DEPTH_MASK=mask,
-            FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric, PRECISION=precision,
-            BP=_block(side_p), BQ=_block(side_q),
+            FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric, PRECISION=PRECISION,
+            BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
         )
         sums = buf.sum(1, dtype=torch.float64) / mean  # (pairs, 2, deepest + 1)
         found = {}

@@ -1,0 +1,216 @@
+"""Microseconds per image pair of the exact CNTK on one GPU: the fused Triton kernel, the
+torch reference on the same GPU, and neural-tangents when its wheel runs there.
+
+32x32x3 CIFAR-10 test images (the exact-pixel subset, standardized as the paper), float32.
+CNTK-GAP with the first and last layer fixed (the paper's setting) and CNTK-V (flatten),
+cross matrices of n1 x n2 pairs; each row is the median of REPEATS timed runs after a
+warm-up (compilation excluded), timed end to end (per-image stds and readout sums included).
+
+    python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--full-cifar-flatten]
+
+writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
+"accuracy": [...], "flatten_all_depths": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ntkcheck as nc
+from ntkcheck.kernels import fused
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPEATS = 3
+IMAGE = "32x32x3"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "torch": torch.__version__,
+             "cuda": str(torch.version.cuda), "ntkcheck": nc.__version__}
+    try:
+        import triton
+        found["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def cifar(n: int, root: str | None) -> torch.Tensor:
+    images, _ = nc.data.cifar10_exact("test", n, root)
+    reference, _ = nc.data.cifar10_exact("train", None, root)
+    return nc.data.standardize(images, reference, torch.float32).cuda()
+
+
+def seconds(fn) -> float:
+    runs = []
+    for _ in range(REPEATS):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        runs.append(time.perf_counter() - start)
+    return float(np.median(runs))
+
+
+def arch_for(pooling: str, depth: int) -> nc.CNN:
+    return nc.CNN(depth=depth, pooling=pooling, fix_first_last=pooling == "gap")
+
+
+def row(impl: str, pooling: str, depth: int, x1, x2, backend: str, **extra) -> dict:
+    arch = arch_for(pooling, depth)
+    arch.ntk(x1[:1], x2[:2], backend=backend)  # compile / warm up
+    s = seconds(lambda: arch.ntk(x1, x2, backend=backend))
+    pairs = len(x1) * len(x2)
+    out = {"impl": impl, "device": torch.cuda.get_device_name(), "image": IMAGE,
+           "pooling": pooling, "fix_first_last": pooling == "gap", "depth": depth,
+           "us_per_pair": round(s / pairs * 1e6, 3), "pairs": pairs, "dtype": str(x1.dtype)[6:],
+           "versions": versions(), **extra}
+    print(json.dumps({k: v for k, v in out.items() if k != "versions"}), flush=True)
+    return out
+
+
+def variant(precision: int, num_warps: int):
+    """Context for a launch option of the fused kernel (module constants, restored after)."""
+    class Variant:
+        def __enter__(self):
+            self.saved = fused.NUM_WARPS, fused.PRECISION
+            fused.NUM_WARPS, fused.PRECISION = num_warps, precision
+
+        def __exit__(self, *exc):
+            fused.NUM_WARPS, fused.PRECISION = self.saved
+    return Variant()
+
+
+def accuracy(x: torch.Tensor) -> list[dict]:
+    """float32 fused against the float64 torch reference on the GPU, all depths in one pass."""
+    found = []
+    x1, x2 = x[:4], x[4:12]
+    for pooling in ("gap", "flatten"):
+        for precision in (2, 1):
+            arch = arch_for(pooling, 21)
+            depths = frozenset((3, 4, 6, 11, 21))
+            want = arch._kernels(x1.double(), x2.double(), depths, backend="torch")
+            with variant(precision, fused.NUM_WARPS):
+                got = arch._kernels(x1, x2, depths, backend="triton")
+            for d in sorted(depths):
+                for name in ("ntk", "nngp"):
+                    g, w = getattr(got[d], name).double(), getattr(want[d], name)
+                    found.append({"pooling": pooling, "precision": precision, "depth": d,
+                                  "kernel": name, "pairs": w.numel(),
+                                  "rel_error_max": float((g - w).abs().max() / w.abs().max()),
+                                  "rel_error_entry_max": float(((g - w).abs() / w.abs()).max()),
+                                  "nan": bool(torch.isnan(g).any())})
+    for a in found:
+        print(json.dumps(a), flush=True)
+    return found
+
+
+def flatten_all_depths(x: torch.Tensor, n: int) -> dict:
+    """One pass for depths 3..21 of an n x n CNTK-V Gram, extrapolated to CIFAR-10's
+    50k x 50k train Gram plus 10k x 50k test matrix (1.75e9 pairs)."""
+    arch = nc.CNN(depth=21, pooling="flatten")
+    xs = x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
+    xs = xs + 0.01 * torch.randn_like(xs)  # distinct images
+    depths = range(3, 22)
+    arch.ntk(xs[:2], depths=depths)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    arch._kernels(xs, None, frozenset(depths), backend="triton")
+    torch.cuda.synchronize()
+    s = time.perf_counter() - start
+    pairs = n * (n + 1) // 2
+    cifar_pairs = 50_000 * 50_001 // 2 + 10_000 * 50_000
+    out = {"n": n, "pairs": pairs, "depths": list(depths), "seconds": round(s, 2),
+           "us_per_pair": round(s / pairs * 1e6, 4),
+           "cifar10_full_pairs": cifar_pairs,
+           "cifar10_full_seconds_at_this_rate": round(s / pairs * cifar_pairs, 1)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+NT_SCRIPT = r"""
+import sys, types, time, json
+for name in ("tensorflow", "tf2jax"):  # only neural_tangents.experimental needs them
+    sys.modules[name] = types.ModuleType(name)
+import numpy as np, jax, jax.numpy as jnp
+import neural_tangents as nt
+from neural_tangents import stax
+depth, n1, n2 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+layers = []
+for _ in range(depth - 1):
+    layers += [stax.Conv(1, (3, 3), padding="SAME"), stax.Relu()]
+layers += [stax.GlobalAvgPool(), stax.Dense(1)]
+_, _, kernel_fn = stax.serial(*layers)
+kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+rng = np.random.default_rng(0)
+x1 = jnp.asarray(rng.standard_normal((n1, 32, 32, 3)), jnp.float32)
+x2 = jnp.asarray(rng.standard_normal((n2, 32, 32, 3)), jnp.float32)
+kernel_fn(x1, x2, "ntk").block_until_ready()
+runs = []
+for _ in range(3):
+    t = time.perf_counter(); kernel_fn(x1, x2, "ntk").block_until_ready()
+    runs.append(time.perf_counter() - t)
+print(json.dumps({"seconds": float(np.median(runs)), "pairs": n1 * n2,
+                  "jax": jax.__version__, "neural_tangents": nt.__version__}))
+"""
+
+
+def neural_tangents(depth: int, n1: int, n2: int) -> dict:
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    done = subprocess.run([sys.executable, "-c", NT_SCRIPT, str(depth), str(n1), str(n2)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"neural-tangents depth {depth}: failed: {reason}", flush=True)
+        return {"impl": "neural-tangents", "depth": depth, "error": reason}
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    out = {"impl": "neural-tangents", "device": torch.cuda.get_device_name(), "image": IMAGE,
+           "pooling": "gap", "fix_first_last": False, "depth": depth,
+           "us_per_pair": round(got["seconds"] / got["pairs"] * 1e6, 3), "pairs": got["pairs"],
+           "dtype": "float32", "versions": {k: got[k] for k in ("jax", "neural_tangents")}}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(RESULTS / "cntk_gpu.json"))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--flatten-n", type=int, default=8192,
+                        help="Gram size of the all-depths CNTK-V pass")
+    parser.add_argument("--skip-nt", action="store_true", help="skip neural-tangents")
+    args = parser.parse_args()
+    x = cifar(64, args.data_root)
+    rows = []
+    for depth in (11, 21):
+        rows.append(row("triton", "gap", depth, x[:32], x, "triton"))
+        rows.append(row("torch", "gap", depth, x[:4], x[:16], "torch"))
+        rows.append(row("triton", "flatten", depth, x, x, "triton"))
+        rows.append(row("torch", "flatten", depth, x, x, "torch"))
+    for precision, warps in ((2, 2), (2, 8), (1, 4), (0, 4)):
+        with variant(precision, warps):
+            rows.append(row("triton", "gap", 11, x[:16], x[:32], "triton",
+                            variant={"precision": precision, "num_warps": warps}))
+    if not args.skip_nt:
+        for depth in (11, 21):
+            rows.append(neural_tangents(depth, 4, 4))
+    result = {"benchmark": "cntk_gpu", "device": torch.cuda.get_device_name(),
+              "versions": versions(), "rows": rows, "accuracy": accuracy(x),
+              "flatten_all_depths": flatten_all_depths(x, args.flatten_n)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The fused Triton CNTK (float32) against the float64 torch reference.
+
+Without a GPU these run under TRITON_INTERPRET=1 (set in conftest.py) on tiny images; with
+one, `pytest -m gpu` adds the real CIFAR-10 checks at 32x32 and every option.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ntkcheck as nc
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from ntkcheck.kernels.triton_cntk import relu_angle  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+TOLERANCE = 2e-5
+"""float32 against float64, relative to the largest entry.  The torch reference in float32
+is off by up to 7e-6 on the same random tiny inputs: arccos' slope grows like
+1 / sqrt(1 - rho^2), so entries with rho near +-1 carry float32 rounding of rho magnified."""
+
+
+def both(arch, x1, x2=None, depths=(3, 4), backend="triton"):
+    """{depth: (ntk, nngp)} in one pass."""
+    found = arch._kernels(x1, x2, frozenset(depths), backend=backend)
+    return {d: (k.ntk, k.nngp) for d, k in found.items()}
+
+
+def assert_close(got, want, tolerance=TOLERANCE):
+    for d in want:
+        for g, w in zip(got[d], want[d], strict=True):
+            assert torch.isfinite(g).all()
+            rel = (g.double().cpu() - w.cpu()).abs().max() / w.abs().max()
+            assert rel <= tolerance, (d, rel.item())
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+@pytest.mark.parametrize("fix_first_last", [False, True])
+@pytest.mark.parametrize("filter_size", [1, 3])
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size, cross):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64) if cross else None
+    arch = nc.CNN(depth=4, pooling=pooling, filter_size=filter_size,
+                  fix_first_last=fix_first_last)
+    want = both(arch, x, z, backend="torch")
+    got = both(arch, x.float().to(DEVICE), None if z is None else z.float().to(DEVICE))
+    assert_close(got, want)
+
+
+def test_wide_filter_and_padded_block():
+    # 17 x 6 pads to a 32 x 16 block; q = 5 reaches two rows across the packing boundary
+    x = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    arch = nc.CNN(depth=3, pooling="flatten", filter_size=5)
+    assert_close(both(arch, x.float().to(DEVICE), depths=(2, 3)),
+                 both(arch, x, depths=(2, 3), backend="torch"))
+
+
+def test_gram_diagonal_is_exact_at_depth():
+    # rho = 1 on a Gram's own displacement-0 slice is imposed, not left to rounding: with
+    # rho a few ulps below 1 the NTK diagonal would be off by ~sqrt(ulps * eps) ~ 1e-4.
+    # The interpreter's products are exact, so this guards the GPU's tf32 sums above all.
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    arch = nc.CNN(depth=8, pooling="flatten")
+    got = arch.ntk(x.float().to(DEVICE), backend="triton").double().cpu()
+    want = arch.ntk(x, backend="torch")
+    assert ((got.diag() - want.diag()).abs() / want.diag()).max() < 2e-6
+
+
+def test_zero_and_constant_images_give_no_nan():
+    x = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    x[1] = 1.0
+    x[2] = torch.randn(2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    arch = nc.CNN(depth=4, pooling="gap", fix_first_last=True)
+    got = both(arch, x.float().to(DEVICE))
+    assert_close(got, both(arch, x, backend="torch"))
+    assert (got[4][0][0] == 0).all()
+
+
+@triton.jit
+def _angles(rho_ptr, out_ptr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offsets, relu_angle(tl.load(rho_ptr + offsets)))
+
+
+def test_relu_angle_is_arccos_to_an_ulp_of_pi():
+    rho = np.concatenate([np.linspace(-1, 1, 4093), 1 - np.logspace(-7, 0, 512),
+                          -1 + np.logspace(-7, 0, 512), [0.5, -0.5, np.nextafter(0.5, 1)]])
+    rho = torch.tensor(rho, dtype=torch.float32)
+    rho = torch.cat([rho, rho.new_zeros(-len(rho) % 1024)])
+    out = torch.empty_like(rho, device=DEVICE)
+    _angles[(len(rho) // 1024,)](rho.to(DEVICE), out, BLOCK=1024)
+    want = torch.arccos(-rho.double())
+    assert (out.cpu().double() - want).abs().max() < 3.5e-7  # float32 ulp of pi: 2.4e-7
+
+
+def test_backend_choice_and_errors():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nc.CNN(depth=3).ntk(x, backend="cuda")
+    with pytest.raises(ValueError, match="float32.*float64"):
+        nc.CNN(depth=3).ntk(x.double().to(DEVICE), backend="triton")
+    with pytest.raises(ValueError, match="CNN only"):
+        nc.FC(depth=3).ntk(x.flatten(1), backend="triton")
+    with pytest.raises(ValueError, match="64x64"):
+        nc.CNN(depth=3).ntk(torch.randn(1, 1, 65, 8, device=DEVICE), backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto on the CPU is the reference, silently
+        nc.CNN(depth=3).ntk(x)
+
+
+# ----------------------------------------------------------------- GPU only (pytest -m gpu)
+
+def cifar_images(n: int) -> torch.Tensor:
+    try:
+        images, _ = nc.data.cifar10_exact("test", n)
+        reference, _ = nc.data.cifar10_exact("train", 500)
+    except FileNotFoundError as missing:
+        pytest.skip(f"CIFAR-10 data not found: {missing}")
+    return nc.data.standardize(images, reference)
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+@pytest.mark.parametrize("fix_first_last", [False, True])
+@pytest.mark.parametrize("filter_size", [1, 3, 5])
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+@pytest.mark.gpu
+@needs_gpu
+def test_cifar_every_option(pooling, fix_first_last, filter_size, cross):
+    x = cifar_images(6).cuda()
+    x1, x2 = (x[:2], x[2:]) if cross else (x, None)
+    arch = nc.CNN(depth=21, pooling=pooling, filter_size=filter_size,
+                  fix_first_last=fix_first_last)
+    depths = (3, 11, 21)
+    want = both(arch, x1, x2, depths, backend="torch")
+    got = both(arch, x1.float(), None if x2 is None else x2.float(), depths, backend="auto")
+    assert_close(got, want)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_auto_falls_back_with_a_warning_above_64():
+    x = torch.randn(2, 3, 66, 66, device="cuda")
+    arch = nc.CNN(depth=3, pooling="flatten")
+    with pytest.warns(UserWarning, match="torch reference"):
+        got = arch.ntk(x)
+    torch.testing.assert_close(got, arch.ntk(x, backend="torch"))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_64x64_gap_matches_reference():
+    x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float64,
+                    generator=torch.Generator("cuda").manual_seed(4))
+    arch = nc.CNN(depth=5, pooling="gap", fix_first_last=True)
+    assert_close(both(arch, x.float(), depths=(3, 5), backend="auto"),
+                 both(arch, x, depths=(3, 5), backend="torch"))
