@@ -26,22 +26,14 @@ import triton.language as tl
 # asin(t) = t + t^3 p(t^2) on [0, 1/2]: least-squares fit of p (degree 4, Chebyshev nodes,
 # weighted by t^2); with the half-angle reduction below, arccos is within 3e-7 (about one
 # ulp of pi) of float64 arccos over all of [-1, 1] in float32 arithmetic.
-_P0: tl.constexpr = 0.16666753590106964
-_P1: tl.constexpr = 0.07495298236608505
-_P2: tl.constexpr = 0.04546918720006943
-_P3: tl.constexpr = 0.024188648909330368
-_P4: tl.constexpr = 0.04214736446738243
-_PI: tl.constexpr = 3.141592653589793
-_HALF_PI: tl.constexpr = 1.5707963267948966
-_TF32_MASK: tl.constexpr = -8192  # 0xFFFFE000: keeps sign, exponent and 10 mantissa bits
-
-IEEE: tl.constexpr = 0
-"""Patch-sum precision: exact float32 products on the CUDA cores (slow; for checks)."""
-TF32: tl.constexpr = 1
-"""One tf32 tensor-core product (fast, ~1e-3 relative error; for measurements only)."""
-TF32X2: tl.constexpr = 2
-"""The hi/lo split above: two tf32 products, ~2^-21 relative error (the default)."""
-
+_P0 = tl.constexpr(0.16666753590106964)
+_P1 = tl.constexpr(0.07495298236608505)
+_P2 = tl.constexpr(0.04546918720006943)
+_P3 = tl.constexpr(0.024188648909330368)
+_P4 = tl.constexpr(0.04214736446738243)
+_PI = tl.constexpr(3.141592653589793)
+_HALF_PI = tl.constexpr(1.5707963267948966)
+_TF32_MASK = tl.constexpr(-8192)  # 0xFFFFE000: keeps sign, exponent and 10 mantissa bits
 
 @triton.jit
 def relu_angle(rho):
