@@ -41,7 +41,7 @@ def relu_angle(rho):
     a = tl.abs(rho)
     small = a <= 0.5
     z = tl.where(small, a * a, (1.0 - a) * 0.5)  # arccos(a) = 2 asin(sqrt((1 - a) / 2))
-    s = tl.where(small, a, tl.sqrt_rn(z))
+    s = tl.where(small, a, tl.sqrt(z))
     p = (((_P4 * z + _P3) * z + _P2) * z + _P1) * z + _P0
     asin = s + s * z * p
     acos_a = tl.where(small, _HALF_PI - asin, 2.0 * asin)  # arccos(|rho|)
@@ -141,7 +141,7 @@ def cntk_slices(
         rho = tl.where(self_slice & (norm > 0), 1.0, rho)
         angle = relu_angle(rho)
         # sqrt(1 - rho^2), factored so that it keeps its digits near rho = +-1
-        sine = tl.sqrt_rn(tl.maximum((1.0 - rho) * (1.0 + rho), 0.0))
+        sine = tl.sqrt(tl.maximum((1.0 - rho) * (1.0 + rho), 0.0))
         k = (sine + angle * rho) * norm * (scale / (2 * _PI))
         propagated = angle * (scale / (2 * _PI)) * theta  # K-dot^(h) * Theta^(h-1)
         if (DEPTH_MASK >> (h + 1)) & 1:

@@ -35,12 +35,22 @@ def both(arch, x1, x2=None, depths=(3, 4), backend="triton"):
     return {d: (k.ntk, k.nngp) for d, k in found.items()}
 
 
-def assert_close(got, want, tolerance=TOLERANCE):
+def errors(got, want):
+    """{(depth, "ntk" / "nngp"): max |got - want| / max |want|}."""
+    found = {}
     for d in want:
-        for g, w in zip(got[d], want[d], strict=True):
+        for name, g, w in zip(("ntk", "nngp"), got[d], want[d], strict=True):
             assert torch.isfinite(g).all()
-            rel = (g.double().cpu() - w.cpu()).abs().max() / w.abs().max()
-            assert rel <= tolerance, (d, rel.item())
+            found[d, name] = ((g.double().cpu() - w.cpu()).abs().max() / w.abs().max()).item()
+    return found
+
+
+def assert_close(got, want, yardstick=None):
+    """Within TOLERANCE, or within twice the float32 reference's own error (``yardstick``,
+    the same comparison for the torch backend in float32) where that is larger."""
+    for key, err in errors(got, want).items():
+        allowed = TOLERANCE if yardstick is None else max(TOLERANCE, 2 * yardstick[key])
+        assert err <= allowed, (key, err, allowed)
 
 
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
@@ -142,9 +152,11 @@ def test_cifar_every_option(pooling, fix_first_last, filter_size, cross):
     arch = nc.CNN(depth=21, pooling=pooling, filter_size=filter_size,
                   fix_first_last=fix_first_last)
     depths = (3, 11, 21)
+    single = (x1.float(), None if x2 is None else x2.float())
     want = both(arch, x1, x2, depths, backend="torch")
-    got = both(arch, x1.float(), None if x2 is None else x2.float(), depths, backend="auto")
-    assert_close(got, want)
+    got = both(arch, *single, depths, backend="auto")
+    # q = 1 on 3 channels puts many rho near +-1, where float32 itself loses digits
+    assert_close(got, want, yardstick=errors(both(arch, *single, depths, backend="torch"), want))
 
 
 @pytest.mark.gpu
@@ -163,5 +175,6 @@ def test_64x64_gap_matches_reference():
     x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float64,
                     generator=torch.Generator("cuda").manual_seed(4))
     arch = nc.CNN(depth=5, pooling="gap", fix_first_last=True)
+    want = arch._kernels(x, None, frozenset((3, 5)), max_memory=2**33, backend="torch")
     assert_close(both(arch, x.float(), depths=(3, 5), backend="auto"),
-                 both(arch, x, depths=(3, 5), backend="torch"))
+                 {d: tuple(k) for d, k in want.items()})
