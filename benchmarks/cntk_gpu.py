@@ -139,9 +139,22 @@ def flatten_all_depths(x: torch.Tensor, n: int) -> dict:
 
 
 NT_SCRIPT = r"""
-import sys, types, time, json
-for name in ("tensorflow", "tf2jax"):  # only neural_tangents.experimental needs them
-    sys.modules[name] = types.ModuleType(name)
+import sys, types, time, json, importlib.abc, importlib.machinery
+
+class Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # only neural_tangents.experimental imports tensorflow / tf2jax; stax never uses them
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf2jax"):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: type(attr, (), {})
+        return module
+    def exec_module(self, module):
+        pass
+
+sys.meta_path.insert(0, Stub())
 import numpy as np, jax, jax.numpy as jnp
 import neural_tangents as nt
 from neural_tangents import stax

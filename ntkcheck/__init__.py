@@ -2,6 +2,8 @@
 
 from . import data
 from .architectures import CNN, FC
+from .kernel_matrix import kernel_matrix
+from .kernels.recursion import Kernels
 
-__all__ = ["CNN", "FC", "data"]
+__all__ = ["CNN", "FC", "Kernels", "data", "kernel_matrix"]
 __version__ = "0.1.0"
