@@ -15,6 +15,7 @@ writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -79,16 +80,15 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str, **extra) -> d
     return out
 
 
+@contextlib.contextmanager
 def variant(precision: int, num_warps: int):
-    """Context for a launch option of the fused kernel (module constants, restored after)."""
-    class Variant:
-        def __enter__(self):
-            self.saved = fused.NUM_WARPS, fused.PRECISION
-            fused.NUM_WARPS, fused.PRECISION = num_warps, precision
-
-        def __exit__(self, *exc):
-            fused.NUM_WARPS, fused.PRECISION = self.saved
-    return Variant()
+    """Run the fused kernel with other launch options (module constants, restored after)."""
+    saved = fused.NUM_WARPS, fused.PRECISION
+    fused.NUM_WARPS, fused.PRECISION = num_warps, precision
+    try:
+        yield
+    finally:
+        fused.NUM_WARPS, fused.PRECISION = saved
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
