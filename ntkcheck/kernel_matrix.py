@@ -21,7 +21,7 @@ import torch
 from ._checks import check_depths, check_inputs, check_int
 from ._progress import Progress
 from .architectures import DEFAULT_MAX_MEMORY, Backend, _Architecture
-from .kernels.recursion import Kernels
+from .kernels.recursion import Kernels, tile_pairs
 
 DEFAULT_TILE = 256
 """Rows (and columns) of a tile: 65,536 pairs, a few seconds of CNTK-GAP on an H100."""
@@ -90,8 +90,7 @@ def kernel_matrix(
     tiles = [(r, c) for r in range(0, n1, tile) for c in range(r if gram else 0, n2, tile)]
 
     def pairs(r: int, c: int) -> int:
-        rows, cols = min(tile, n1 - r), min(tile, n2 - c)
-        return rows * (rows + 1) // 2 if gram and r == c else rows * cols
+        return tile_pairs(n1, n2, r, c, tile, tile, gram)
 
     matrices = {d: Kernels(torch.zeros(n1, n2, dtype=x1.dtype),
                            torch.zeros(n1, n2, dtype=x1.dtype)) for d in sorted(chosen)}

@@ -146,6 +146,13 @@ TileFn = Callable[[slice, slice], dict[int, Kernels]]
 matrix's diagonal tiles only the entries on and above the diagonal need be right."""
 
 
+def tile_pairs(n1: int, n2: int, r: int, c: int, b1: int, b2: int, symmetric: bool) -> int:
+    """Pairs computed in the b1 x b2 tile at (r, c): on a Gram matrix's diagonal tiles, only
+    those on and above the diagonal."""
+    rows, cols = min(b1, n1 - r), min(b2, n2 - c)
+    return rows * (rows + 1) // 2 if symmetric and r == c else rows * cols
+
+
 def tiled(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -171,9 +178,7 @@ def tiled(
                 for d, pair in tile(rows, cols).items():
                     out[d].ntk[rows, cols] = pair.ntk
                     out[d].nngp[rows, cols] = pair.nngp
-                tile_rows, tile_cols = min(b1, n1 - r), min(b2, n2 - c)
-                bar.advance(tile_rows * tile_cols if not (symmetric and r == c)
-                            else tile_rows * (tile_rows + 1) // 2)
+                bar.advance(tile_pairs(n1, n2, r, c, b1, b2, symmetric))
     if symmetric:  # mirror the upper triangle: exactly symmetric, lower tiles never computed
         out = {d: Kernels(*(k.triu() + k.triu(1).T for k in pair)) for d, pair in out.items()}
     return out
