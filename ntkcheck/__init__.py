@@ -4,6 +4,8 @@ from . import data
 from .architectures import CNN, FC
 from .kernel_matrix import kernel_matrix
 from .kernels.recursion import Kernels
+from .regression import KernelRegression, kernel_regression
 
-__all__ = ["CNN", "FC", "Kernels", "data", "kernel_matrix"]
+__all__ = ["CNN", "FC", "KernelRegression", "Kernels", "data", "kernel_matrix",
+           "kernel_regression"]
 __version__ = "0.1.0"

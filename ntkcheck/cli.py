@@ -1,4 +1,8 @@
-"""Command line: ``ntkcheck demo`` prints an exact CNTK Gram matrix of CIFAR-10 images."""
+"""Command line.
+
+``ntkcheck demo`` prints an exact CNTK Gram matrix of CIFAR-10 images;
+``ntkcheck reproduce table1`` reproduces the paper's CIFAR-10 Table 1.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,31 @@ def _demo(args: argparse.Namespace) -> None:
           f"on {torch.get_num_threads()} CPU threads")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from .studies import table1
+
+    for name, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if not args.depths or any(d < 3 or d > 64 for d in args.depths):
+        raise ValueError(f"--depths must be ints between 3 and 64; got {args.depths}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    table1.reproduce(columns, args.depths, out=args.out, data=args.data, n_train=args.n_train,
+                     n_test=args.n_test, device=device, root=args.data_root, tiles=args.tiles,
+                     progress=not args.quiet)
+    print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ntkcheck", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,12 +72,38 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--filter-size", type=int, default=3)
     demo.add_argument("--float32", action="store_true", help="compute in float32")
     demo.add_argument("--data-root", default=None, help="folder with the CIFAR-10 files")
+    demo.set_defaults(run=_demo)
+
+    reproduce = commands.add_parser("reproduce", help="reproduce the paper's CIFAR-10 Table 1")
+    reproduce.add_argument("what", choices=["table1"])
+    reproduce.add_argument("--columns", default="CNTK-V,CNTK-V-2K,CNTK-GAP-2K",
+                           help="comma-separated, among CNTK-V, CNTK-V-2K, CNTK-GAP-2K, "
+                           "CNTK-GAP (default: all but CNTK-GAP, 1.75e9 GAP pairs)")
+    reproduce.add_argument("--depths", type=_int_list, default=[3, 4, 6, 11, 21],
+                           help="comma-separated depths (default 3,4,6,11,21)")
+    reproduce.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                           help="where kernels and solves run (default: cuda if available)")
+    reproduce.add_argument("--out", default="runs/table1", help="output folder; a re-run "
+                           "with the same folder skips finished columns (default runs/table1)")
+    reproduce.add_argument("--data", choices=["jpeg", "exact"], default="jpeg",
+                           help="jpeg: all 60,000 images (re-encoded); exact: the exact-pixel "
+                           "subset (5,085 train, 1,017 test)")
+    reproduce.add_argument("--n-train", type=int, default=None,
+                           help="cap every column's training images (for quick checks)")
+    reproduce.add_argument("--n-test", type=int, default=None,
+                           help="test on the first N test images (default all)")
+    reproduce.add_argument("--data-root", default=None, help="folder with the CIFAR-10 files")
+    reproduce.add_argument("--tiles", default=None,
+                           help="keep kernel tiles in this folder, so a column resumes")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.set_defaults(run=_reproduce)
+
     args = parser.parse_args(argv)
     try:
-        if args.n < 1:
+        if args.command == "demo" and args.n < 1:
             raise ValueError(f"--n must be >= 1; got {args.n}")
-        _demo(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"ntkcheck: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -15,3 +16,15 @@ if not torch.cuda.is_available():
 settings.register_profile("ntkcheck", max_examples=40, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile("ntkcheck")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded datasets go to a folder of this test session, never the user's cache."""
+    previous = os.environ.get("NTKCHECK_CACHE")
+    os.environ["NTKCHECK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NTKCHECK_CACHE")
+    else:
+        os.environ["NTKCHECK_CACHE"] = previous

@@ -28,6 +28,19 @@ def test_tiles_assemble_to_the_direct_kernels(cross):
                                    rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_one_kernel_alone_is_that_kernel(tmp_path, kernel):
+    x = images(5, 6)
+    both = nc.kernel_matrix(ARCH, x, depths=(3, 4), tile=2, progress=False)
+    alone = nc.kernel_matrix(ARCH, x, depths=(3, 4), tile=2, progress=False, kernel=kernel,
+                             out=tmp_path)
+    resumed = nc.kernel_matrix(ARCH, x, depths=(3, 4), tile=2, progress=False,
+                               kernel=kernel, out=tmp_path)
+    for d in (3, 4):
+        torch.testing.assert_close(alone[d], getattr(both[d], kernel), rtol=0, atol=0)
+        torch.testing.assert_close(resumed[d], alone[d], rtol=0, atol=0)
+
+
 def counting(monkeypatch, fail_after=None):
     """Count the architecture's tile computations; optionally fail after some."""
     calls = []
@@ -77,6 +90,8 @@ def test_a_folder_is_never_resumed_with_other_inputs(tmp_path):
         nc.kernel_matrix(ARCH, x + 1, out=tmp_path, tile=2, progress=False)
     with pytest.raises(ValueError, match="depths.*tile|tile"):
         nc.kernel_matrix(ARCH, x, depths=(3, 4), out=tmp_path, tile=3, progress=False)
+    with pytest.raises(ValueError, match="different computation.*kernel"):
+        nc.kernel_matrix(ARCH, x, out=tmp_path, tile=2, progress=False, kernel="ntk")
 
 
 def test_bad_arguments():
@@ -86,3 +101,5 @@ def test_bad_arguments():
         nc.kernel_matrix(ARCH, images(2, 5), depths=(9,))
     with pytest.raises(ValueError, match=r"x1 must have shape \(n, C, H, W\)"):
         nc.kernel_matrix(ARCH, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        nc.kernel_matrix(ARCH, images(2, 5), kernel="ntkk")

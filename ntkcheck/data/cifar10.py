@@ -1,20 +1,26 @@
 """CIFAR-10 from the project's data folder (no download, ever).
 
-Only the exact-pixel subset (``cifar10_exact_subset.npz``: 5,085 training and 1,017 test
-images recovered from the official batches) is read here; see the data folder's README.
+Two sources, both described in the data folder's README: ``cifar10`` reads all 60,000
+images from ``cifar10_jpeg.zip`` (JPEG re-encodings) in official order; ``cifar10_exact``
+reads the exact pixels of a 5,085 + 1,017 image subset (``cifar10_exact_subset.npz``).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 EXACT_SUBSET = "cifar10_exact_subset.npz"
+JPEG_ZIP = "cifar10_jpeg.zip"
+SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 
 
 def data_root(root: str | os.PathLike[str] | None = None, filename: str = EXACT_SUBSET) -> Path:
@@ -35,6 +41,76 @@ def data_root(root: str | os.PathLike[str] | None = None, filename: str = EXACT_
         f"{filename} not found; looked in: {looked}. Put the CIFAR-10 files there, pass "
         "root=..., or set NTKCHECK_DATA to their folder."
     )
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are kept: ``$NTKCHECK_CACHE``, else ``$XDG_CACHE_HOME/ntkcheck``,
+    else ``~/.cache/ntkcheck``."""
+    if os.environ.get("NTKCHECK_CACHE"):
+        return Path(os.environ["NTKCHECK_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ntkcheck"
+
+
+def official_names(split: str, labels: np.ndarray) -> list[str]:
+    """Zip member of every image in official order: the k-th image of class c (counting in
+    official order) is ``<split>/<class name>/<k:04d>.jpg``."""
+    seen = [0] * len(CLASSES)
+    names = []
+    for label in labels.tolist():
+        names.append(f"{split}/{CLASSES[label]}/{seen[label]:04d}.jpg")
+        seen[label] += 1
+    return names
+
+
+def _decode_split(zip_path: Path, split: str, labels: np.ndarray) -> np.ndarray:
+    images = np.empty((len(labels), 32, 32, 3), np.uint8)
+    with zipfile.ZipFile(zip_path) as archive:
+        for i, name in enumerate(official_names(split, labels)):
+            try:
+                data = archive.read(name)
+            except KeyError:
+                raise ValueError(f"{zip_path} has no {name}: not the CIFAR-10 JPEG set "
+                                 "described in the data folder's README") from None
+            with Image.open(io.BytesIO(data)) as image:
+                images[i] = np.asarray(image.convert("RGB"))
+    return images
+
+
+def cifar10(
+    split: str = "train", n: int | None = None, root: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` (default all) images of a CIFAR-10 split in official order, from the
+    JPEG set: (n, 32, 32, 3) uint8 RGB and (n,) int64 labels.
+
+    Images come straight out of ``cifar10_jpeg.zip``, ordered by the official labels in
+    ``cifar10_exact_subset.npz`` (both in the data folder, see ``data_root``), so "the first
+    2,000 training images" are the official ones.  The pixels are JPEG re-encodings (mean
+    absolute difference 5.8/255 from the originals); ``cifar10_exact`` has exact pixels of a
+    subset.  The decoded split is cached in ``cache_dir()``: later calls load it at once.
+    """
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if n is not None and not 0 <= n <= SPLIT_SIZES[split]:
+        raise ValueError(f"n must be between 0 and {SPLIT_SIZES[split]} for the {split} "
+                         f"split; got {n}")
+    folder = data_root(root, JPEG_ZIP)
+    zip_path = folder / JPEG_ZIP
+    stat = zip_path.stat()
+    cached = cache_dir() / f"cifar10-jpeg-{split}-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    if cached.is_file():
+        with np.load(cached) as archive:
+            images, labels = archive["images"], archive["labels"]
+    else:
+        with np.load(data_root(folder, EXACT_SUBSET) / EXACT_SUBSET) as archive:
+            labels = archive[f"labels_{split}_all"].astype(np.int64)
+        images = _decode_split(zip_path, split, labels)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial.npz")
+        np.savez(partial, images=images, labels=labels)
+        os.replace(partial, cached)  # whole or absent, even if interrupted
+    return images[:n], labels[:n]
+
 
 
 def cifar10_exact(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
-from ntkcheck.data import cifar10_exact, data_root, standardize
-from ntkcheck.data.cifar10 import EXACT_SUBSET
+from ntkcheck.data import cifar10, cifar10_exact, data_root, standardize
+from ntkcheck.data.cifar10 import EXACT_SUBSET, official_names
 
 
 def test_first_images_and_labels_in_official_order():
@@ -34,3 +36,55 @@ def test_missing_data_names_where_it_looked(tmp_path, monkeypatch):
         cifar10_exact("test", n=1)
     with pytest.raises(ValueError, match="split must be"):
         cifar10_exact("valid", n=1, root=tmp_path)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NTKCHECK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_jpeg_set_is_in_official_order(cache):
+    images, labels = cifar10("test")
+    assert images.shape == (10_000, 32, 32, 3) and images.dtype == np.uint8
+    with np.load(data_root() / EXACT_SUBSET) as archive:
+        np.testing.assert_array_equal(labels, archive["labels_test_all"])
+        exact, index = archive["x_test"], archive["test_index"]
+    # the JPEG re-encoding is within 13/255 (mean absolute) of the exact pixels on every
+    # image (data README); a neighbour in the wrong order would be ~50-70/255 away
+    diff = np.abs(images[index].astype(float) - exact).mean(axis=(1, 2, 3))
+    assert diff.max() < 13.5 and diff.mean() < 7
+    shifted = np.abs(images[index[1:]].astype(float) - exact[:-1]).mean(axis=(1, 2, 3))
+    assert np.median(shifted) > 30
+
+
+def test_second_call_reads_the_cache(cache, monkeypatch):
+    first = cifar10("test", n=7)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again despite the cache")
+
+    # the module, not the function ntkcheck.data exports under the same name
+    monkeypatch.setattr(importlib.import_module("ntkcheck.data.cifar10"), "_decode_split",
+                        no_decoding)
+    again = cifar10("test", n=7)
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
+    assert cifar10("test", n=0)[0].shape == (0, 32, 32, 3)
+
+
+def test_names_follow_the_per_class_count():
+    assert official_names("train", np.array([6, 9, 9, 6])) == [
+        "train/frog/0000.jpg", "train/truck/0000.jpg", "train/truck/0001.jpg",
+        "train/frog/0001.jpg"]
+
+
+def test_jpeg_loader_bad_arguments(tmp_path, monkeypatch, cache):
+    with pytest.raises(ValueError, match="split must be"):
+        cifar10("val")
+    with pytest.raises(ValueError, match="n must be between 0 and 10000"):
+        cifar10("test", n=10_001)
+    monkeypatch.setenv("NTKCHECK_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"cifar10_jpeg.zip not found.*{tmp_path}"):
+        cifar10("test", n=1)

@@ -1,0 +1,221 @@
+"""The paper's Table 1: CIFAR-10 test accuracy of CNTK kernel regression, cell by cell.
+
+As the paper's code: pixels / 255, per-channel standardization with the mean and std of the
+column's training images; labels 0.9 for the true class and -0.1 for the others; predictions
+K(test, train) K(train, train)^-1 Y solved in float64 with no ridge (the smallest ridge
+that makes the solve work where it does not: ``KernelRegression(ridge="auto")``), argmax.
+CNTK-V is the flatten CNTK with every layer trained, CNTK-GAP the GAP CNTK with the first
+and last layer fixed; "-2K" trains on the first 2,000 training images; every column tests
+on all 10,000 test images and reads all its depths out of one kernel pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..architectures import CNN
+from ..data import cifar10, cifar10_exact, standardize
+from ..kernel_matrix import kernel_matrix
+from ..regression import KernelRegression
+
+PAPER: dict[str, dict[int, float]] = {  # Table 1 of the paper, test accuracy in percent
+    "CNTK-V": {3: 64.47, 4: 65.52, 6: 66.03, 11: 65.90, 21: 64.09},
+    "CNTK-V-2K": {3: 40.94, 4: 42.54, 6: 43.43, 11: 43.42, 21: 42.53},
+    "CNTK-GAP": {3: 70.47, 4: 75.93, 6: 76.73, 11: 77.43, 21: 77.08},
+    "CNTK-GAP-2K": {3: 49.71, 4: 51.06, 6: 51.73, 11: 51.92, 21: 52.22},
+}
+DEPTHS = (3, 4, 6, 11, 21)
+DATA = {"jpeg": "cifar10-jpeg", "exact": "cifar10-exact-subset"}
+SIZES = {"jpeg": (50_000, 10_000), "exact": (5_085, 1_017)}
+"""(training, test) images each data source holds."""
+FIELDS = ("column", "depth", "accuracy", "paper", "delta", "n_train", "n_test", "data",
+          "device", "seconds", "ridge", "condition")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of Table 1: the CNTK it uses and how many training images."""
+
+    name: str
+    pooling: Literal["flatten", "gap"]
+    fix_first_last: bool
+    n_train: int
+
+    def architecture(self, depth: int) -> CNN:
+        return CNN(depth=depth, pooling=self.pooling, filter_size=3,
+                   fix_first_last=self.fix_first_last)
+
+
+COLUMNS = {c.name: c for c in (
+    Column("CNTK-V", "flatten", False, 50_000),
+    Column("CNTK-V-2K", "flatten", False, 2_000),
+    Column("CNTK-GAP-2K", "gap", True, 2_000),
+    Column("CNTK-GAP", "gap", True, 50_000),
+)}
+DEFAULT_COLUMNS = ("CNTK-V", "CNTK-V-2K", "CNTK-GAP-2K")
+"""CNTK-GAP on all 50,000 training images (1.75e9 GAP pairs) runs only when named."""
+
+TILES = {"flatten": 4096, "gap": 256}
+"""kernel_matrix tile sides: a few seconds of work per tile on an H100 either way."""
+
+
+def label_targets(labels: np.ndarray, classes: int = 10) -> torch.Tensor:
+    """(n, classes) float64 regression targets: 0.9 for the true class, -0.1 elsewhere."""
+    return torch.from_numpy(np.eye(classes)[labels] - 0.1)
+
+
+def _count(wanted: int, cap: int | None, available: int) -> int:
+    return min(wanted, available, wanted if cap is None else cap)
+
+
+def _load(data: str, split: str, n: int | None, root: str | None):
+    load = cifar10 if data == "jpeg" else cifar10_exact
+    return load(split, n, root=root)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run_column(
+    column: Column,
+    depths: Sequence[int],
+    *,
+    data: str = "jpeg",
+    n_train: int | None = None,
+    n_test: int | None = None,
+    device: str | torch.device = "cpu",
+    root: str | None = None,
+    tiles: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> list[dict[str, object]]:
+    """Table 1 rows of one column, one per depth, from one kernel pass over all depths.
+
+    ``n_train`` / ``n_test`` cap the column's training / test images (default: the column's
+    own count and the whole test split).  On CUDA the kernels are computed in float32 (the
+    fused kernel), on the CPU in float64; the regression is float64 on ``device``.
+    ``tiles`` keeps the kernel tiles there, so an interrupted column resumes.
+    """
+    device = torch.device(device)
+    train_count = column.n_train if n_train is None else min(column.n_train, n_train)
+    images, labels = _load(data, "train", train_count, root)
+    test_images, test_labels = _load(data, "test", n_test, root)
+    dtype = torch.float32 if device.type == "cuda" else torch.float64
+    x_train = standardize(images, reference=images, dtype=dtype).to(device)
+    x_test = standardize(test_images, reference=images, dtype=dtype).to(device)
+    arch = column.architecture(max(depths))
+
+    def kernels(x1: torch.Tensor, x2: torch.Tensor | None, part: str) -> dict[int, torch.Tensor]:
+        out = None if tiles is None else Path(tiles) / column.name / part
+        return kernel_matrix(arch, x1, x2, depths=depths, kernel="ntk", out=out,
+                             tile=TILES[column.pooling], progress=progress)
+
+    _synchronize(device)
+    start = time.perf_counter()
+    k_train = kernels(x_train, None, "train")
+    k_test = kernels(x_test, x_train, "test")
+    kernel_seconds = time.perf_counter() - start
+    targets = label_targets(labels)
+    rows = []
+    for depth in sorted(depths):
+        start = time.perf_counter()
+        model = KernelRegression(ridge="auto").fit(k_train[depth].to(device), targets)
+        predicted = model.predict(k_test[depth]).argmax(1).cpu().numpy()
+        _synchronize(device)
+        accuracy = 100.0 * float(np.mean(predicted == test_labels))
+        paper = PAPER[column.name].get(depth)
+        rows.append({
+            "column": column.name, "depth": depth, "accuracy": round(accuracy, 2),
+            "paper": paper, "delta": None if paper is None else round(accuracy - paper, 2),
+            "n_train": len(labels), "n_test": len(test_labels), "data": DATA[data],
+            "device": device_name(device),
+            "seconds": round(kernel_seconds + time.perf_counter() - start, 1),
+            "ridge": model.ridge_, "condition": f"{model.condition_:.3g}",
+        })
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, object]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
+    """Write the CSV whole or not at all (an interrupted run leaves the previous file)."""
+    partial = path.with_suffix(".partial")
+    with partial.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def reproduce(
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    depths: Sequence[int] = DEPTHS,
+    *,
+    out: str | os.PathLike[str],
+    data: str = "jpeg",
+    n_train: int | None = None,
+    n_test: int | None = None,
+    device: str = "cpu",
+    root: str | None = None,
+    tiles: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, object]]:
+    """Compute the requested Table 1 cells and write ``out``/table1.csv, table1.md and
+    table1.png.  A column whose cells ``out``/table1.csv already holds for the same data,
+    sizes and depths is not recomputed, so a re-run resumes after the last finished column.
+    """
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"columns must be among {', '.join(COLUMNS)}; got {unknown}")
+    if data not in DATA:
+        raise ValueError(f"data must be one of {', '.join(DATA)}; got {data!r}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "table1.csv"
+    rows = read_rows(csv_path)
+    for name in columns:
+        column = COLUMNS[name]
+        sizes = (_count(column.n_train, n_train, SIZES[data][0]),
+                 _count(SIZES[data][1], n_test, SIZES[data][1]))
+        done = {int(r["depth"]) for r in rows if r["column"] == name and r["data"] == DATA[data]
+                and (int(r["n_train"]), int(r["n_test"])) == sizes}
+        if set(depths) <= done:
+            log(f"{name}: already in {csv_path}, skipped")
+            continue
+        log(f"{name}: {column.pooling} CNTK, depths {sorted(depths)}, on {device}")
+        new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
+                         device=device, root=root, tiles=tiles, progress=progress)
+        rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]
+        rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
+                                                  int(r["depth"])))  # type: ignore[call-overload]
+        write_rows(csv_path, rows)
+        for r in new:
+            log(f"  depth {r['depth']:>2}: {r['accuracy']:.2f}% (paper {r['paper']}) "
+                f"in {r['seconds']} s, ridge {r['ridge']}")
+    from .table1_report import write_figure, write_markdown  # matplotlib only when writing
+
+    write_markdown(rows, folder / "table1.md")
+    write_figure(rows, folder / "table1.png")
+    return rows

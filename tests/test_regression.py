@@ -1,0 +1,115 @@
+"""Kernel regression against literal formulas and the kernel ODE it solves."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from ntkcheck.regression import IllConditionedWarning, KernelRegression, kernel_regression
+
+
+def problem(n=7, m=4, k=3, seed=0):
+    """A positive definite kernel on n training and m test points (RBF on random points)."""
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(n + m, 2, generator=g, dtype=torch.float64)
+    kernel = torch.exp(-torch.cdist(points, points) ** 2)
+    y = torch.randn(n, k, generator=g, dtype=torch.float64)
+    return kernel[:n, :n], y, kernel[n:, :n]
+
+
+def test_t_infinity_is_the_literal_formula_and_interpolates():
+    k, y, k_test = problem()
+    literal = k_test.numpy() @ np.linalg.inv(k.numpy()) @ y.numpy()
+    np.testing.assert_allclose(kernel_regression(k, y, k_test).numpy(), literal, rtol=1e-9)
+    torch.testing.assert_close(kernel_regression(k, y, k), y, rtol=1e-9, atol=1e-9)
+    scalar = kernel_regression(k, y[:, 0], k_test)
+    assert scalar.shape == (4,)
+    torch.testing.assert_close(scalar, torch.from_numpy(literal[:, 0]), rtol=1e-9, atol=0)
+
+
+def test_ridge_is_added_to_the_diagonal():
+    k, y, k_test = problem(seed=1)
+    literal = k_test.numpy() @ np.linalg.solve(k.numpy() + 0.3 * np.eye(7), y.numpy())
+    np.testing.assert_allclose(kernel_regression(k, y, k_test, ridge=0.3).numpy(), literal,
+                               rtol=1e-9)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.7, 3.0])
+def test_finite_t_matches_the_integrated_kernel_ode(t):
+    """Gradient flow on 1/2 |f(X) - Y|^2 in function space: du/dt = -K (u - y) on the
+    training points and dv/dt = -K(x, X) (u - y) on test points, from zero."""
+    k, y, k_test = problem(seed=2)
+    n, m = 7, 4
+    y0 = y[:, 0].numpy()
+
+    def flow(_, state):
+        residual = state[:n] - y0
+        return np.concatenate([-k.numpy() @ residual, -k_test.numpy() @ residual])
+
+    ode = solve_ivp(flow, (0, t), np.zeros(n + m), rtol=1e-12, atol=1e-14).y[:, -1]
+    got = kernel_regression(k, y[:, 0], torch.cat([k, k_test]), t=t).numpy()
+    np.testing.assert_allclose(got, ode, rtol=1e-7, atol=1e-10)
+
+
+def test_large_t_approaches_t_infinity():
+    k, y, k_test = problem(seed=3)
+    torch.testing.assert_close(kernel_regression(k, y, k_test, t=1e6),
+                               kernel_regression(k, y, k_test), rtol=1e-7, atol=1e-9)
+
+
+def test_finite_t_handles_a_singular_kernel():
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    k = x @ x.T  # rank 2
+    got = kernel_regression(k, torch.ones(6, dtype=torch.float64), k, t=2.0)
+    assert torch.isfinite(got).all()
+
+
+def test_singular_kernel_needs_a_ridge_and_auto_finds_one():
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    k, y = x @ x.T, torch.randn(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="singular.*ridge="):
+        KernelRegression().fit(k, y)
+    model = KernelRegression(ridge="auto").fit(k, y)
+    assert model.ridge_ > 0 and model.condition_ <= 1e12
+    # condition number <= 1e12 leaves ~1e-4 of float64's digits: agree to that
+    literal = k.numpy() @ np.linalg.solve(k.numpy() + model.ridge_ * np.eye(6), y.numpy())
+    np.testing.assert_allclose(model.predict(k).numpy(), literal, rtol=0, atol=1e-3)
+
+
+def test_ill_conditioned_kernel_warns_and_auto_adds_the_smallest_ridge():
+    i = torch.arange(12, dtype=torch.float64)
+    hilbert = 1 / (i[:, None] + i[None, :] + 1)  # condition number ~1.7e16
+    with pytest.warns(IllConditionedWarning, match="ridge"):
+        KernelRegression().fit(hilbert, torch.ones(12, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = KernelRegression(ridge="auto").fit(hilbert, torch.ones(12, dtype=torch.float64))
+    assert 0 < model.ridge_ < 1e-9
+    well_conditioned, y, _ = problem()
+    assert KernelRegression(ridge="auto").fit(well_conditioned, y).ridge_ == 0.0
+
+
+def test_bad_input():
+    k, y, k_test = problem()
+    with pytest.raises(ValueError, match="k_train must be a square"):
+        kernel_regression(k[:, :5], y, k_test)
+    with pytest.raises(ValueError, match=r"y_train must have shape \(7,\)"):
+        kernel_regression(k, y[:5], k_test)
+    with pytest.raises(ValueError, match=r"k_test must have shape \(m, 7\)"):
+        kernel_regression(k, y, k_test[:, :3])
+    with pytest.raises(ValueError, match="k_train contains NaN"):
+        kernel_regression(k * float("nan"), y, k_test)
+    with pytest.raises(TypeError, match="y_train must be a torch.Tensor"):
+        kernel_regression(k, y.numpy(), k_test)
+    with pytest.raises(ValueError, match="ridge must be a float >= 0 or 'auto'"):
+        KernelRegression(ridge=-1.0)
+    with pytest.raises(ValueError, match="t must be a finite float >= 0"):
+        KernelRegression(t=-1.0)
+    with pytest.raises(RuntimeError, match="call fit"):
+        KernelRegression().predict(k_test)
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        kernel_regression(-k, y, k_test, t=1.0)
