@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="where kernels and solves run (default: cuda if available)")
     reproduce.add_argument("--out", default="runs/table1", help="output folder; a re-run "
                            "with the same folder skips finished columns (default runs/table1)")
-    reproduce.add_argument("--data", choices=["jpeg", "exact"], default="jpeg",
-                           help="jpeg: all 60,000 images (re-encoded); exact: the exact-pixel "
-                           "subset (5,085 train, 1,017 test)")
+    reproduce.add_argument("--data", choices=["jpeg", "exact", "exact-jpeg"], default="jpeg",
+                           help="jpeg: all 60,000 images (JPEG re-encoded); exact: the "
+                           "exact-pixel subset (5,085 train, 1,017 test); exact-jpeg: the "
+                           "same subset's images as the JPEG set has them")
     reproduce.add_argument("--n-train", type=int, default=None,
                            help="cap every column's training images (for quick checks)")
     reproduce.add_argument("--n-test", type=int, default=None,

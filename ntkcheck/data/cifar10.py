@@ -63,10 +63,10 @@ def official_names(split: str, labels: np.ndarray) -> list[str]:
     return names
 
 
-def _decode_split(zip_path: Path, split: str, labels: np.ndarray) -> np.ndarray:
-    images = np.empty((len(labels), 32, 32, 3), np.uint8)
+def _decode(zip_path: Path, names: list[str]) -> np.ndarray:
+    images = np.empty((len(names), 32, 32, 3), np.uint8)
     with zipfile.ZipFile(zip_path) as archive:
-        for i, name in enumerate(official_names(split, labels)):
+        for i, name in enumerate(names):
             try:
                 data = archive.read(name)
             except KeyError:
@@ -104,7 +104,7 @@ def cifar10(
     else:
         with np.load(data_root(folder, EXACT_SUBSET) / EXACT_SUBSET) as archive:
             labels = archive[f"labels_{split}_all"].astype(np.int64)
-        images = _decode_split(zip_path, split, labels)
+        images = _decode(zip_path, official_names(split, labels))
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(".partial.npz")
         np.savez(partial, images=images, labels=labels)
@@ -114,14 +114,28 @@ def cifar10(
 
 
 def cifar10_exact(
-    split: str = "test", n: int | None = None, root: str | os.PathLike[str] | None = None
+    split: str = "test",
+    n: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    pixels: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` images of the exact-pixel subset: (n, 32, 32, 3) uint8 RGB, (n,) labels."""
+    """The first ``n`` images of the exact-pixel subset: (n, 32, 32, 3) uint8 RGB, (n,) labels.
+
+    ``pixels="jpeg"`` gives the same images as the JPEG set has them (read from
+    ``cifar10_jpeg.zip``), so exact and re-encoded pixels can be compared image for image.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    if pixels not in ("exact", "jpeg"):
+        raise ValueError(f"pixels must be 'exact' or 'jpeg'; got {pixels!r}")
     with np.load(data_root(root) / EXACT_SUBSET) as archive:
-        images, labels = archive[f"x_{split}"], archive[f"y_{split}"]
-    return images[:n], labels[:n].astype(np.int64)
+        images, labels = archive[f"x_{split}"][:n], archive[f"y_{split}"][:n]
+        positions, official = archive[f"{split}_index"][:n], archive[f"labels_{split}_all"]
+    if pixels == "jpeg":
+        folder = data_root(root, JPEG_ZIP)
+        names = official_names(split, official)
+        images = _decode(folder / JPEG_ZIP, [names[i] for i in positions])
+    return images, labels.astype(np.int64)
 
 
 def standardize(

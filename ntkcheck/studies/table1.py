@@ -34,8 +34,10 @@ PAPER: dict[str, dict[int, float]] = {  # Table 1 of the paper, test accuracy in
     "CNTK-GAP-2K": {3: 49.71, 4: 51.06, 6: 51.73, 11: 51.92, 21: 52.22},
 }
 DEPTHS = (3, 4, 6, 11, 21)
-DATA = {"jpeg": "cifar10-jpeg", "exact": "cifar10-exact-subset"}
-SIZES = {"jpeg": (50_000, 10_000), "exact": (5_085, 1_017)}
+DATA = {"jpeg": "cifar10-jpeg", "exact": "cifar10-exact-subset",
+        "exact-jpeg": "cifar10-exact-subset-jpeg"}
+"""Data sources: the JPEG set; the exact-pixel subset; the same subset's images as JPEG."""
+SIZES = {"jpeg": (50_000, 10_000), "exact": (5_085, 1_017), "exact-jpeg": (5_085, 1_017)}
 """(training, test) images each data source holds."""
 FIELDS = ("column", "depth", "accuracy", "paper", "delta", "n_train", "n_test", "data",
           "device", "seconds", "ridge", "condition")
@@ -78,8 +80,9 @@ def _count(wanted: int, cap: int | None, available: int) -> int:
 
 
 def _load(data: str, split: str, n: int | None, root: str | None):
-    load = cifar10 if data == "jpeg" else cifar10_exact
-    return load(split, n, root=root)
+    if data == "jpeg":
+        return cifar10(split, n, root=root)
+    return cifar10_exact(split, n, root=root, pixels="jpeg" if data == "exact-jpeg" else "exact")
 
 
 def _synchronize(device: torch.device) -> None:

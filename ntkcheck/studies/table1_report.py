@@ -11,7 +11,8 @@ CAVEAT = (
     "Data: `cifar10-jpeg` is the JPEG re-encoding of CIFAR-10 in `../shared/data` (mean "
     "absolute pixel difference 5.8/255 from the original images), so accuracies can differ "
     "from the paper's by that re-encoding; `cifar10-exact-subset` has exact pixels but only "
-    "5,085 training and 1,017 test images."
+    "5,085 training and 1,017 test images (not the official first ones); "
+    "`cifar10-exact-subset-jpeg` is that subset as the JPEG set has it."
 )
 
 

@@ -66,7 +66,7 @@ def test_second_call_reads_the_cache(cache, monkeypatch):
         raise AssertionError("decoded again despite the cache")
 
     # the module, not the function ntkcheck.data exports under the same name
-    monkeypatch.setattr(importlib.import_module("ntkcheck.data.cifar10"), "_decode_split",
+    monkeypatch.setattr(importlib.import_module("ntkcheck.data.cifar10"), "_decode",
                         no_decoding)
     again = cifar10("test", n=7)
     np.testing.assert_array_equal(again[0], first[0])
@@ -88,3 +88,13 @@ def test_jpeg_loader_bad_arguments(tmp_path, monkeypatch, cache):
     monkeypatch.setenv("NTKCHECK_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"cifar10_jpeg.zip not found.*{tmp_path}"):
         cifar10("test", n=1)
+
+
+def test_exact_subset_with_jpeg_pixels_is_the_same_images():
+    exact, labels = cifar10_exact("train", n=300)
+    jpeg, jpeg_labels = cifar10_exact("train", n=300, pixels="jpeg")
+    np.testing.assert_array_equal(labels, jpeg_labels)
+    diff = np.abs(jpeg.astype(float) - exact).mean(axis=(1, 2, 3))
+    assert diff.max() < 13.5 and 3 < diff.mean() < 8  # the README's 5.8 on average
+    with pytest.raises(ValueError, match="pixels must be"):
+        cifar10_exact("train", n=1, pixels="png")
