@@ -19,6 +19,7 @@ from ._checks import check_bool, check_depths, check_inputs, check_int
 from .kernels import fused
 from .kernels.recursion import Kernels, Rules, kernels
 from .kernels.rules import ConvAllPositions, ConvSamePosition, Dense
+from .nets.network import Network, build
 
 DEFAULT_MAX_MEMORY = 2**30
 """Bound on the bytes of a kernel computation's working set, output excluded (1 GiB)."""
@@ -54,6 +55,27 @@ class _Architecture:
 
     def _rules(self) -> Rules:
         raise NotImplementedError
+
+    def network(
+        self,
+        width: int,
+        input_shape: tuple[int, ...],
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        outputs: int = 1,
+    ) -> Network:
+        """A finite network of this architecture in the NTK parametrization (Eq. 6 / Sec. 4),
+        whose empirical NTK tends to ``self.ntk`` as ``width`` grows (Theorem 3.1).
+
+        ``width`` units (FC) or channels (CNN) in each of the ``depth - 1`` hidden layers;
+        ``input_shape`` is (d,) or (C, H, W); N(0, 1) weights drawn from ``seed`` on the CPU
+        (the same network on every device); ``outputs`` readout units (1: f(x) has shape
+        (n,)).  Under ``fix_first_last`` the first and readout weights do not train.
+        """
+        return build(self, width, input_shape, seed=seed, dtype=dtype, device=device,
+                     outputs=outputs)
 
     def _fused_unsupported(self, x: torch.Tensor) -> str | None:
         """Why the fused GPU kernel cannot compute this kernel on ``x`` (None: it can)."""

@@ -1,0 +1,272 @@
+"""The empirical NTK of a finite network, H(x, x') = <df(x)/dtheta, df(x')/dtheta> over the
+trainable parameters theta, computed three exact ways (and "auto" to pick one).
+
+- ``"jacobian"``: per-sample Jacobians J (``torch.func.vmap(jacrev)`` over
+  ``functional_call``), contracted: H = J1 J2^T.
+- ``"ntk-vp"``: NTK-vector products, never a Jacobian of a batch: for each output of x2 a
+  vjp gives J2^T e (one parameter-sized vector), and a jvp of f(x1) along it gives J1 J2^T e.
+- ``"structured"``: the layer structure of ntkcheck's own networks: a weight layer's term is
+  (a . a') (delta . delta') for a dense layer (a its input, delta = df/dz at its output) and
+  the patch-correlation form for a convolution (``nets.layers``), from one forward and one
+  backward pass per output.
+- ``"auto"``: the cheapest of the three by the flop model of ``choose_implementation``.
+
+With k outputs H is (n1, n2, k, k) under ``full_outputs=True``; otherwise the mean of its k
+diagonal blocks, (n1, n2), which is what the analytic NTK describes (Theta x I_k in the limit).
+Samples go in chunks sized by ``max_memory``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from .architectures import DEFAULT_MAX_MEMORY
+from .nets.network import Network
+
+Implementation = Literal["auto", "jacobian", "ntk-vp", "structured"]
+IMPLEMENTATIONS = ("auto", "jacobian", "ntk-vp", "structured")
+
+log = logging.getLogger(__name__)
+
+Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _trainable(net: nn.Module) -> dict[str, torch.Tensor]:
+    params = {name: p.detach() for name, p in net.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("net has no trainable parameters (every parameter has "
+                         "requires_grad=False), so its empirical NTK is zero")
+    return params
+
+
+def _check_inputs(
+    net: nn.Module, x1: object, x2: object
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    reference = next(net.parameters())
+    expected = getattr(net, "input_shape", None)
+    for name, x in (("x1", x1), ("x2", x2)):
+        if name == "x2" and x is None:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+        if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, expected))}) to "
+                             f"match the net's input_shape; got {tuple(x.shape)}")
+        if x.dtype != reference.dtype or x.device != reference.device:
+            raise ValueError(f"{name} is {x.dtype} on {x.device} but the net is "
+                             f"{reference.dtype} on {reference.device}")
+    return x1, x2  # type: ignore[return-value]
+
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        out = net(x[:1])
+    return 1 if out.dim() == 1 else out.shape[1]
+
+
+def _flat_outputs(net: nn.Module, params: dict[str, torch.Tensor]):
+    """f(params, x) -> (n, k) with the given trainable parameters, the rest the net's own."""
+
+    def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out = functional_call(net, p, (x,), strict=False)
+        return out.reshape(x.shape[0], -1)
+
+    return f
+
+
+class _Profile:
+    """Per-sample sizes and costs of a net, measured on one sample: forward flops F,
+    activation numel A, trainable parameter count P, weight layers and their inputs."""
+
+    def __init__(self, net: nn.Module, x: torch.Tensor) -> None:
+        self.params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        self.activations = 0
+        self.layer_inputs: dict[nn.Module, tuple[int, ...]] = {}
+        self.flops = 0.0
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            self.activations += out.numel()
+            if hasattr(module, "flops"):
+                shape = tuple(inputs[0].shape)
+                self.flops += module.flops(shape)
+                self.layer_inputs[module] = shape
+
+        leaves = [m for m in net.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with torch.no_grad():
+                net(x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        self.flops = self.flops or 2.0 * self.params  # unknown layers: ~2 flops per weight
+
+
+def _structured_layers(net: nn.Module) -> list[nn.Module]:
+    if not isinstance(net, Network):
+        raise ValueError(f'implementation="structured" needs a net built by ntkcheck '
+                         f"(arch.network(...)); got {type(net).__name__}; use \"jacobian\" "
+                         'or "ntk-vp" for any torch.nn.Module')
+    return [m for m in net.weight_layers() if m.weight.requires_grad]
+
+
+def choose_implementation(
+    net: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None
+) -> tuple[str, dict[str, float]]:
+    """The implementation ``"auto"`` takes, and the estimated flops of each candidate
+    (``"structured"`` only for ntkcheck's nets)."""
+    n1 = len(x1)
+    n2 = n1 if x2 is None else len(x2)
+    k = _outputs(net, x1)
+    prof = _Profile(net, x1)
+    f, p = prof.flops, prof.params
+    costs = {
+        # k reverse passes per sample (each ~2 forwards), then J1 J2^T
+        "jacobian": 3.0 * f * k * (n1 + n2) + 2.0 * n1 * n2 * k * k * p,
+        # a jvp of f(x1) (~3 forwards per sample) per output column of x2
+        "ntk-vp": 3.0 * f * k * n1 * n2 + 3.0 * f * k * n2,
+    }
+    if isinstance(net, Network):
+        layers = _structured_layers(net)
+        costs["structured"] = (1.0 + 2.0 * k) * f * (n1 + n2) + sum(
+            m.ntk_flops(n1, n2, k, prof.layer_inputs[m]) for m in layers)
+    return min(costs, key=costs.__getitem__), costs
+
+
+def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
+    f = _flat_outputs(net, params)
+
+    def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return f(p, x[None])[0]
+
+    def jacobian(x: torch.Tensor) -> torch.Tensor:
+        jac = vmap(jacrev(one), in_dims=(None, 0))(params, x)
+        return torch.cat([j.reshape(len(x), j.shape[1], -1) for j in jac.values()], -1)
+
+    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        j1 = jacobian(x1)
+        j2 = j1 if x2 is x1 else jacobian(x2)
+        return torch.einsum("ikp,jlp->ijkl", j1, j2)
+
+    return block
+
+
+def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
+    f = _flat_outputs(net, params)
+
+    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        out, pull = vjp(lambda p: f(p, x2), params)
+        b2, k = out.shape
+        basis = torch.eye(b2 * k, dtype=out.dtype, device=out.device).reshape(b2 * k, b2, k)
+        (directions,) = vmap(pull)(basis)  # J2^T e for every output e of x2
+
+        def push(t: dict[str, torch.Tensor]) -> torch.Tensor:
+            return jvp(lambda p: f(p, x1), (params,), (t,))[1]
+
+        columns = vmap(push)(directions)  # (b2 k, b1, k): J1 J2^T e
+        return columns.reshape(b2, k, len(x1), k).permute(2, 0, 3, 1)
+
+    return block
+
+
+def _structured_block(net: Network) -> Block:
+    layers = _structured_layers(net)
+
+    def inputs_and_deltas(x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            seen[module] = (inputs[0].detach(), out)
+
+        handles = [m.register_forward_hook(hook) for m in layers]
+        try:
+            with torch.enable_grad():
+                out = net(x).reshape(len(x), -1)
+                zs = [seen[m][1] for m in layers]
+                # samples do not interact, so d(sum_i f_c(x_i))/dz gives every sample's delta
+                deltas = [torch.autograd.grad(out[:, c].sum(), zs, retain_graph=True)
+                          for c in range(out.shape[1])]
+        finally:
+            for h in handles:
+                h.remove()
+        stacked = [torch.stack([d[i] for d in deltas], 1) for i in range(len(layers))]
+        return [seen[m][0] for m in layers], stacked
+
+    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        a1, d1 = inputs_and_deltas(x1)
+        a2, d2 = (a1, d1) if x2 is x1 else inputs_and_deltas(x2)
+        return sum(m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers))
+
+    return block
+
+
+def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> int:
+    """Samples per chunk so that a block's working set stays within ``max_memory``."""
+    if name == "jacobian":  # two chunks of Jacobians and their reverse passes
+        per_sample = 2 * k * (prof.params + 2 * prof.activations) * element
+        return max(1, max_memory // per_sample)
+    if name == "ntk-vp":  # b k parameter-sized vectors, b^2 k jvp activations
+        a, b_ = 2 * k * prof.activations * element, k * prof.params * element
+        return max(1, int((-b_ + math.sqrt(b_ * b_ + 4 * a * max_memory)) / (2 * a)))
+    positions = max((math.prod(s[2:]) for s in prof.layer_inputs.values() if len(s) == 4),
+                    default=1)
+    per_sample = 2 * ((1 + 2 * k) * prof.activations + k * prof.params) * element
+    by_pairs = math.isqrt(max(1, max_memory // (2 * positions**2 * element)))
+    return max(1, min(max_memory // per_sample, by_pairs))
+
+
+def empirical_ntk(
+    net: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    implementation: Implementation = "auto",
+    full_outputs: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> torch.Tensor:
+    """The empirical NTK H(x1_i, x2_j) = sum over trainable parameters of
+    df(x1_i)/dtheta df(x2_j)/dtheta (Eq. 2 of the paper at finite width).
+
+    ``x2=None`` means x1 (a Gram matrix: only chunks on and above the diagonal are computed,
+    then mirrored).  Returns (n1, n2), or (n1, n2, k, k) for a k-output net with
+    ``full_outputs=True``; without it a k-output net gives the mean of the diagonal output
+    blocks.  ``implementation``: see the module docstring; "jacobian" and "ntk-vp" take any
+    ``torch.nn.Module`` mapping (n, ...) to (n,) or (n, k), "structured" only ntkcheck's
+    nets.  ``max_memory`` (bytes) sizes the sample chunks.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; "
+                         f"got {implementation!r}")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
+    params = _trainable(net)
+    x1, x2 = _check_inputs(net, x1, x2)
+    k = _outputs(net, x1)
+    if full_outputs and k == 1:
+        raise ValueError("full_outputs=True needs a net with several outputs; this one has a "
+                         "scalar output (build it with outputs=k)")
+    name = implementation
+    if name == "auto":
+        name, costs = choose_implementation(net, x1, x2)
+        log.debug("empirical_ntk: %s (estimated flops %s)", name, costs)
+    block = {"jacobian": lambda: _jacobian_block(net, params),
+             "ntk-vp": lambda: _ntk_vp_block(net, params),
+             "structured": lambda: _structured_block(net)}[name]()  # type: ignore[arg-type]
+    size = _chunk(name, _Profile(net, x1), k, x1.element_size(), max_memory)
+    z = x1 if x2 is None else x2
+    out = x1.new_zeros(len(x1), len(z), k, k)
+    for r in range(0, len(x1), size):
+        for c in range(r if x2 is None else 0, len(z), size):
+            rows, cols = slice(r, r + size), slice(c, c + size)
+            a = x1[rows]
+            out[rows, cols] = block(a, a if x2 is None and r == c else z[cols]).detach()
+            if x2 is None and r != c:
+                out[cols, rows] = out[rows, cols].transpose(0, 1).transpose(2, 3)
+    return out if full_outputs else out.diagonal(dim1=2, dim2=3).mean(-1)
