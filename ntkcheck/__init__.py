@@ -2,10 +2,11 @@
 
 from . import data
 from .architectures import CNN, FC
+from .empirical import empirical_ntk
 from .kernel_matrix import kernel_matrix
 from .kernels.recursion import Kernels
 from .regression import KernelRegression, kernel_regression
 
-__all__ = ["CNN", "FC", "KernelRegression", "Kernels", "data", "kernel_matrix",
-           "kernel_regression"]
+__all__ = ["CNN", "FC", "KernelRegression", "Kernels", "data", "empirical_ntk",
+           "kernel_matrix", "kernel_regression"]
 __version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""The empirical NTK: every implementation equals a brute-force loop of autograd.grad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ntkcheck as nc
+from ntkcheck import empirical
+from ntkcheck.nets import Conv
+
+IMPLEMENTATIONS = ["jacobian", "ntk-vp", "structured", "auto"]
+
+
+def brute_force(net, x1, x2):
+    """(n1, n2, k, k): one autograd.grad per sample and output, stacked, G1 G2^T."""
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def gradients(x):
+        out = net(x).reshape(len(x), -1)
+        rows = [torch.cat([g.flatten() for g in torch.autograd.grad(out[i, c], params,
+                                                                    retain_graph=True)])
+                for i in range(len(x)) for c in range(out.shape[1])]
+        return torch.stack(rows).reshape(len(x), out.shape[1], -1)
+
+    return torch.einsum("ikp,jlp->ijkl", gradients(x1), gradients(x2))
+
+
+def close(got, expected):
+    scale = expected.abs().max()
+    assert float((got - expected).abs().max() / scale) < 1e-9
+
+
+ARCHS = [
+    (nc.FC(depth=3), (5,)),
+    (nc.FC(depth=4, fix_first_last=True), (5,)),
+    (nc.CNN(depth=3, pooling="flatten"), (2, 5, 4)),
+    (nc.CNN(depth=3, pooling="flatten", fix_first_last=True), (2, 5, 4)),
+    (nc.CNN(depth=3, pooling="gap"), (2, 5, 4)),
+    (nc.CNN(depth=4, pooling="gap", fix_first_last=True, filter_size=5), (2, 5, 4)),
+]
+
+
+@pytest.mark.parametrize("arch,shape", ARCHS, ids=repr)
+@pytest.mark.parametrize("outputs", [1, 3])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_every_implementation_equals_brute_force(arch, shape, outputs, implementation):
+    net = arch.network(6, shape, seed=1, dtype=torch.float64, outputs=outputs)
+    g = torch.Generator().manual_seed(2)
+    x1 = torch.randn(4, *shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    for other in (x2, None):
+        expected = brute_force(net, x1, x1 if other is None else other)
+        # a small budget forces one-sample chunks (and mirrored Gram chunks)
+        for budget in (2**30, 1):
+            got = nc.empirical_ntk(net, x1, other, implementation=implementation,
+                                   full_outputs=outputs > 1, max_memory=budget)
+            close(got, expected if outputs > 1 else expected[..., 0, 0])
+        if outputs > 1:  # the default: the mean of the diagonal output blocks
+            got = nc.empirical_ntk(net, x1, other, implementation=implementation)
+            close(got, expected.diagonal(dim1=2, dim2=3).mean(-1))
+
+
+@pytest.mark.parametrize("form", [0, 1], ids=["gradient", "patch-correlation"])
+def test_both_convolution_forms_are_exact(monkeypatch, form):
+    monkeypatch.setattr(Conv, "_forms", lambda self, *a: (form, 1 - form))
+    net = nc.CNN(depth=3, pooling="gap").network(5, (2, 4, 3), seed=4, dtype=torch.float64,
+                                                  outputs=2)
+    x = torch.randn(3, 2, 4, 3, dtype=torch.float64)
+    close(nc.empirical_ntk(net, x, implementation="structured", full_outputs=True),
+          brute_force(net, x, x))
+
+
+def test_any_module_works_with_jacobian_and_ntk_vp():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    net[0].bias.requires_grad_(False)
+    x1, x2 = torch.randn(5, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    for implementation in ("jacobian", "ntk-vp", "auto"):
+        close(nc.empirical_ntk(net, x1, x2, implementation=implementation, full_outputs=True),
+              brute_force(net, x1, x2))
+    with pytest.raises(ValueError, match="structured.*needs a net built by ntkcheck"):
+        nc.empirical_ntk(net, x1, implementation="structured")
+
+
+def test_auto_picks_structured_for_a_wide_fc_net_and_says_so(caplog):
+    net = nc.FC(depth=3).network(512, (64,), seed=0)
+    x = torch.randn(16, 64)
+    name, costs = empirical.choose_implementation(net, x)
+    assert name == "structured" and set(costs) == {"jacobian", "ntk-vp", "structured"}
+    with caplog.at_level("DEBUG", logger="ntkcheck.empirical"):
+        nc.empirical_ntk(net, x)
+    assert "empirical_ntk: structured" in caplog.text
+
+
+def test_chunks_keep_a_large_cnn_within_the_budget():
+    """1,000 x 1,000 of a width-128 depth-6 CNN on 32x32x3 under 1 GiB: chunks, not all
+    Jacobians at once (sizes only: the computation itself belongs to benchmarks)."""
+    net = nc.CNN(depth=6, pooling="gap").network(128, (3, 32, 32), seed=0)
+    x = torch.zeros(1000, 3, 32, 32)
+    profile = empirical._Profile(net, x)
+    for name in ("jacobian", "ntk-vp", "structured"):
+        size = empirical._chunk(name, profile, 1, 4, 2**30)
+        assert 1 <= size < 1000
+    jacobian_bytes = empirical._chunk("jacobian", profile, 1, 4, 2**30) * profile.params * 4
+    assert jacobian_bytes <= 2**30
+
+
+def test_bad_input():
+    net = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        nc.empirical_ntk(net, x, implementation="jacobain")
+    with pytest.raises(ValueError, match=r"x1 must have shape \(n, 3\)"):
+        nc.empirical_ntk(net, torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x2 must have shape \(n, 3\)"):
+        nc.empirical_ntk(net, x, torch.randn(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x1 is torch.float32"):
+        nc.empirical_ntk(net, x.float())
+    with pytest.raises(ValueError, match="full_outputs=True needs a net with several outputs"):
+        nc.empirical_ntk(net, x, full_outputs=True)
+    with pytest.raises(TypeError, match="net must be a torch.nn.Module"):
+        nc.empirical_ntk(lambda v: v, x)
+    frozen = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        nc.empirical_ntk(frozen, x)
