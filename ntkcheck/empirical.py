@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from .architectures import DEFAULT_MAX_MEMORY
+from .nets.layers import Conv
 from .nets.network import Network
 
 Implementation = Literal["auto", "jacobian", "ntk-vp", "structured"]
@@ -215,11 +216,19 @@ def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> 
     if name == "ntk-vp":  # b k parameter-sized vectors, b^2 k jvp activations
         a, b_ = 2 * k * prof.activations * element, k * prof.params * element
         return max(1, int((-b_ + math.sqrt(b_ * b_ + 4 * a * max_memory)) / (2 * a)))
-    positions = max((math.prod(s[2:]) for s in prof.layer_inputs.values() if len(s) == 4),
-                    default=1)
-    per_sample = 2 * ((1 + 2 * k) * prof.activations + k * prof.params) * element
-    by_pairs = math.isqrt(max(1, max_memory // (2 * positions**2 * element)))
-    return max(1, min(max_memory // per_sample, by_pairs))
+    # structured: activations and k deltas per sample, per-sample gradients of the conv
+    # layers that take the gradient form, and (b1, b2, positions^2) patch correlations
+    # for those that take the correlation form
+    convs = [(m, s) for m, s in prof.layer_inputs.items() if isinstance(m, Conv)]
+    per_sample = 2 * ((1 + 2 * k) * prof.activations
+                      + k * sum(m.weight.numel() for m, _ in convs)) * element
+    size = max(1, max_memory // per_sample)
+    for m, shape in convs:
+        gradient, correlation = m._forms(size, size, k, shape)
+        if correlation < gradient:
+            pairs = max(1, max_memory // (2 * math.prod(shape[2:]) ** 2 * element))
+            size = max(1, min(size, math.isqrt(pairs)))
+    return size
 
 
 def empirical_ntk(
