@@ -49,15 +49,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
-    for case, (arch, width, shape, n) in CASES.items():
+    for case in args.cases.split(","):
+        arch, width, shape, n = CASES[case]
         net = arch.network(width, shape, seed=0, device=device)
         x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)).to(device)
         choice, costs = choose_implementation(net, x)
         results = {}
-        for implementation in IMPLEMENTATIONS:
+        for implementation in args.implementations.split(","):
             timed(net, x[:2], implementation, device)  # warm-up
             small, _ = timed(net, x[:SMALL], implementation, device)
             estimate = small * (n / SMALL) ** 2
