@@ -123,10 +123,12 @@ def choose_implementation(
 ) -> tuple[str, dict[str, float]]:
     """The implementation ``"auto"`` takes, and the estimated flops of each candidate
     (``"structured"`` only for ntkcheck's nets)."""
-    n1 = len(x1)
-    n2 = n1 if x2 is None else len(x2)
-    k = _outputs(net, x1)
-    prof = _Profile(net, x1)
+    return _choose(net, len(x1), len(x1) if x2 is None else len(x2), _outputs(net, x1),
+                   _Profile(net, x1))
+
+
+def _choose(net: nn.Module, n1: int, n2: int, k: int, prof: _Profile
+            ) -> tuple[str, dict[str, float]]:
     f, p = prof.flops, prof.params
     costs = {
         # k reverse passes per sample (each ~2 forwards), then J1 J2^T
@@ -261,15 +263,16 @@ def empirical_ntk(
     if full_outputs and k == 1:
         raise ValueError("full_outputs=True needs a net with several outputs; this one has a "
                          "scalar output (build it with outputs=k)")
+    z = x1 if x2 is None else x2
+    profile = _Profile(net, x1)
     name = implementation
     if name == "auto":
-        name, costs = choose_implementation(net, x1, x2)
+        name, costs = _choose(net, len(x1), len(z), k, profile)
         log.debug("empirical_ntk: %s (estimated flops %s)", name, costs)
     block = {"jacobian": lambda: _jacobian_block(net, params),
              "ntk-vp": lambda: _ntk_vp_block(net, params),
              "structured": lambda: _structured_block(net)}[name]()  # type: ignore[arg-type]
-    size = _chunk(name, _Profile(net, x1), k, x1.element_size(), max_memory)
-    z = x1 if x2 is None else x2
+    size = _chunk(name, profile, k, x1.element_size(), max_memory)
     out = x1.new_zeros(len(x1), len(z), k, k)
     for r in range(0, len(x1), size):
         for c in range(r if x2 is None else 0, len(z), size):

@@ -111,7 +111,8 @@ class KernelRegression:
                         f"Cholesky factorization failed); {suggestion}")
                 continue
             coef, condition = solved
-            if condition > MAX_CONDITION:
+            # the finite-t predictor's gain is bounded by t, whatever K's conditioning
+            if self.t is None and condition > MAX_CONDITION:
                 if not last:
                     continue
                 warnings.warn(
@@ -123,8 +124,8 @@ class KernelRegression:
         raise AssertionError("unreachable: the last ridge returns or raises")
 
     def _solve(self, k: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-        """alpha with f(x) = K(x, X) alpha, and K's condition number (a lower estimate from
-        the Cholesky factor for t=None, which returns None if K is not positive definite)."""
+        """alpha with f(x) = K(x, X) alpha, and K's condition number (for t=None a lower
+        estimate from the Cholesky factor; None if K is not positive definite)."""
         column = y.reshape(y.shape[0], -1)
         if self.t is None:
             factor, info = torch.linalg.cholesky_ex(k)
@@ -143,8 +144,8 @@ class KernelRegression:
         safe = torch.where(eigenvalues == 0, 1.0, eigenvalues)
         gain = torch.where(eigenvalues == 0, self.t, decay / safe)  # its limit at 0 is t
         alpha = vectors @ (gain[:, None] * (vectors.T @ column))
-        # bounded by t whatever K's conditioning, so the finite-t predictor never warns
-        return alpha.reshape(y.shape), 1.0
+        smallest = float(eigenvalues.abs().min())
+        return alpha.reshape(y.shape), top / smallest if smallest > 0 else math.inf
 
     def predict(self, k_test: torch.Tensor) -> torch.Tensor:
         """Predictions K(x, X) alpha for the rows of ``k_test`` (m, n): (m,) or (m, k)."""

@@ -127,3 +127,16 @@ def test_bad_input():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         nc.empirical_ntk(frozen, x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_cuda_equals_cpu(implementation):
+    arch = nc.CNN(depth=3, pooling="gap", fix_first_last=True)
+    x = torch.randn(5, 2, 5, 4, dtype=torch.float64)
+    cpu = arch.network(6, (2, 5, 4), seed=2, dtype=torch.float64, outputs=2)
+    gpu = arch.network(6, (2, 5, 4), seed=2, dtype=torch.float64, outputs=2, device="cuda")
+    close(nc.empirical_ntk(gpu, x.cuda(), implementation=implementation,
+                           full_outputs=True).cpu(),
+          nc.empirical_ntk(cpu, x, implementation=implementation, full_outputs=True))
