@@ -1,0 +1,141 @@
+"""Full-batch gradient descent in the paper's setting (Sec. 3): the loss
+1/2 sum_i (kappa f(theta, x_i) - y_i)^2 over the trainable parameters, with a record of how
+far the empirical NTK of kappa f and the weights move from their initial values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+from ._progress import Progress
+from .empirical import Implementation, empirical_ntk
+
+
+@dataclass
+class History:
+    """What ``train`` recorded at steps 0, record_every, 2 record_every, ... and the last.
+
+    ``ntk[i]`` is H(t) of kappa f at ``steps[i]`` on the training points;
+    ``kernel_change_fro`` is ||H(t) - H(0)||_F / ||H(0)||_F, ``kernel_change_op`` is
+    ||H(t) - H(0)||_2 (spectral norm, absolute); ``weight_change[i][name]`` is
+    ||W(t) - W(0)||_F / ||W(0)||_F per trainable parameter.  ``max_stable_lr`` is
+    2 / lambda_max(kappa^2 H(0)) (learning rates at or above it diverge).
+    """
+
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    ntk: list[torch.Tensor] = field(default_factory=list)
+    kernel_change_fro: list[float] = field(default_factory=list)
+    kernel_change_op: list[float] = field(default_factory=list)
+    weight_change: list[dict[str, float]] = field(default_factory=list)
+    max_stable_lr: float = math.inf
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    return 0.5 * ((kappa * net(x) - y) ** 2).sum()
+
+
+def max_stable_lr(
+    net: nn.Module, x: torch.Tensor, *, kappa: float = 1.0,
+    implementation: Implementation = "auto",
+) -> float:
+    """2 / lambda_max(kappa^2 H(0)): gradient descent on the linearized net diverges at or
+    above this learning rate."""
+    h0 = kappa**2 * empirical_ntk(net, x, implementation=implementation)
+    top = float(torch.linalg.eigvalsh(h0.double()).max())
+    return 2.0 / top if top > 0 else math.inf
+
+
+def train(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    kappa: float = 1.0,
+    lr: float,
+    steps: int | None = None,
+    until_loss: float | None = None,
+    max_steps: int = 100_000,
+    record_every: int = 100,
+    implementation: Implementation = "auto",
+    progress: bool = False,
+) -> History:
+    """Train ``net`` in place by full-batch gradient descent on
+    1/2 sum_i (kappa f(x_i) - y_i)^2 and return its ``History``.
+
+    Stop after ``steps`` steps, or once the loss is <= ``until_loss`` (at most ``max_steps``).
+    ``y`` has the net's output shape, (n,) or (n, k).  A learning rate at or above
+    2 / lambda_max(kappa^2 H(0)) is refused: gradient descent would diverge on the
+    linearized net; the error gives the largest stable rate.
+    """
+    if (steps is None) == (until_loss is None):
+        raise ValueError("give exactly one of steps=... or until_loss=...")
+    if steps is not None:
+        check_int("steps", steps, 0)
+    check_int("record_every", record_every, 1)
+    check_int("max_steps", max_steps, 1)
+    if not (isinstance(kappa, int | float) and kappa > 0):
+        raise ValueError(f"kappa must be a positive number; got {kappa!r}")
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"lr must be a positive number; got {lr!r}")
+    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        out = net(x)
+    if not isinstance(y, torch.Tensor) or y.shape != out.shape:
+        raise ValueError(f"y must be a tensor of the net's output shape {tuple(out.shape)}; "
+                         f"got {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y)}")
+    y = y.to(dtype=out.dtype, device=out.device)
+
+    def kernel() -> torch.Tensor:
+        return kappa**2 * empirical_ntk(net, x, implementation=implementation)
+
+    history = History()
+    h0 = kernel()
+    top = float(torch.linalg.eigvalsh(h0.double()).max())
+    history.max_stable_lr = 2.0 / top if top > 0 else math.inf  # as max_stable_lr, from h0
+    if lr >= history.max_stable_lr:
+        raise ValueError(f"lr={lr:g} is not stable: gradient descent diverges for lr >= "
+                         f"2 / lambda_max(kappa^2 H(0)) = {history.max_stable_lr:.4g}; "
+                         f"use lr < {history.max_stable_lr:.4g}")
+    initial = {name: p.detach().clone() for name, p in params.items()}
+    h0_norm = float(h0.norm())
+
+    def record(step: int, loss: float, h: torch.Tensor | None = None) -> None:
+        h = kernel() if h is None else h
+        change = (h - h0).double()
+        history.steps.append(step)
+        history.loss.append(loss)
+        history.ntk.append(h.detach().cpu())
+        history.kernel_change_fro.append(float(change.norm()) / h0_norm)
+        history.kernel_change_op.append(float(torch.linalg.matrix_norm(change, ord=2)))
+        history.weight_change.append({
+            name: float((p.detach() - initial[name]).norm() / initial[name].norm())
+            for name, p in params.items()})
+
+    optimizer = torch.optim.SGD(params.values(), lr=lr)
+    limit = steps if steps is not None else max_steps
+    step = 0
+    loss = _loss(net, x, y, kappa)
+    record(0, float(loss.detach()), h0)
+    with Progress(limit, "steps", enabled=progress) as bar:
+        while step < limit and (until_loss is None or float(loss.detach()) > until_loss):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss = _loss(net, x, y, kappa)
+            if step % record_every == 0:
+                record(step, float(loss.detach()))
+            bar.advance(1)
+    if history.steps[-1] != step:
+        record(step, float(loss.detach()))
+    if until_loss is not None and float(loss.detach()) > until_loss:
+        raise RuntimeError(f"loss {float(loss.detach()):.3g} still above until_loss="
+                           f"{until_loss:g} after max_steps={max_steps} steps; "
+                           "raise max_steps or lr")
+    return history
