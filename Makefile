@@ -2,12 +2,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: study demo test bench
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[test]"
 	touch $(STAMP)
+
+study: $(STAMP)
+	for s in init drift agreement; do $(VENV)/bin/ntkcheck study $$s --preset quick --out runs/quick || exit 1; done
 
 demo: $(STAMP)
 	$(VENV)/bin/ntkcheck demo

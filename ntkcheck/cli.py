@@ -1,7 +1,8 @@
 """Command line.
 
 ``ntkcheck demo`` prints an exact CNTK Gram matrix of CIFAR-10 images;
-``ntkcheck reproduce table1`` reproduces the paper's CIFAR-10 Table 1.
+``ntkcheck reproduce table1`` reproduces the paper's CIFAR-10 Table 1;
+``ntkcheck study {init,drift,agreement}`` measures finite nets against the NTK theory.
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def _reproduce(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
 
 
+def _study(args: argparse.Namespace) -> None:
+    from .studies import convergence
+
+    device = args.device or "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
+                    widths=args.widths, seeds=args.seeds)
+    print(f"wrote {args.out}/{args.study}.csv, {args.study}_summary.json, {args.study}.png "
+          f"and {args.study}.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ntkcheck", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
                            help="keep kernel tiles in this folder, so a column resumes")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(run=_reproduce)
+
+    study = commands.add_parser("study", help="width sweeps against the NTK theorems")
+    study.add_argument("study", choices=["init", "drift", "agreement"])
+    study.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    study.add_argument("--out", default="runs/studies", help="output folder; a re-run with "
+                       "the same folder resumes (default runs/studies)")
+    study.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    study.add_argument("--widths", type=_int_list, default=None,
+                       help="comma-separated widths, replacing the preset's")
+    study.add_argument("--seeds", type=int, default=None, help="seeds per width (preset's)")
+    study.add_argument("--quiet", action="store_true", help="no progress bar")
+    study.set_defaults(run=_study)
 
     args = parser.parse_args(argv)
     try:

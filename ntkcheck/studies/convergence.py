@@ -1,0 +1,254 @@
+"""The three convergence studies: how fast finite nets approach the NTK theory with width.
+
+- ``init``: |H(0) - Theta| at initialization (Theorem 3.1: O(m^-1/4) up to depth factors).
+- ``drift``: ||H(T) - H(0)|| after gradient descent to convergence (the proof of Theorem 3.2
+  keeps it O(m^-1/6)).
+- ``agreement``: |f_nn - f_ntk| on held-out points (Theorem 3.2, small kappa), and
+  |f_nn - f_lin| against the net linearized at initialization.
+
+Each configuration (architecture, depth, width, seed[, kappa]) appends tidy rows
+``arch, depth, width, seed, kappa, metric, value`` to ``<study>.csv``, rewritten whole after
+each one, so a re-run with the same folder skips what is done and Ctrl-C leaves a valid file.
+Inputs are real CIFAR-10 images (the exact-pixel subset): centre crops, unit-norm and
+flattened for FC (the theorems' setting), standardized for CNNs; ``drift`` and
+``agreement`` use the airplane-vs-automobile slice with labels -1 / +1.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_int
+from .._progress import Progress
+from ..architectures import CNN, FC
+from ..data import cifar10_exact, standardize
+from ..empirical import empirical_ntk
+from ..regression import kernel_regression
+from ..training import max_stable_lr, train
+
+STUDIES = ("init", "drift", "agreement")
+FIELDS = ("arch", "depth", "width", "seed", "kappa", "metric", "value")
+BOUND_SLOPES = {"init": -0.25, "drift": -1 / 6, "agreement": -1 / 6}
+"""The theorems' width exponents: m^-1/4 at initialization (Theorem 3.1) and m^-1/6 for
+the kernel's movement during training (the proof of Theorem 3.2), which also governs the
+agreement of f_nn with f_ntk."""
+FITTED = {"init": ("max_entry", "rel_fro"), "drift": ("kernel_change_fro", "weight_change"),
+          "agreement": ("nn_vs_ntk", "nn_vs_lin")}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One study's sweep: architectures, depths, widths (geometric), seeds, points."""
+
+    archs: tuple[str, ...]
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    seeds: int
+    n: int
+    n_test: int = 0
+    kappas: tuple[float, ...] = (1.0,)
+    crop: int = 8
+
+
+PRESETS: dict[str, dict[str, Setting]] = {
+    "init": {
+        "quick": Setting(("fc", "cnn-flatten", "cnn-gap"), (2, 3, 5), (32, 64, 128, 256),
+                         seeds=4, n=6),
+        "paper": Setting(("fc", "cnn-flatten", "cnn-gap"), (2, 3, 5, 9),
+                         tuple(2**e for e in range(5, 13)), seeds=8, n=8),
+    },
+    "drift": {
+        "quick": Setting(("fc",), (2, 3), (64, 128, 256, 512, 1024), seeds=3, n=16),
+        "paper": Setting(("fc", "cnn-flatten"), (2, 3, 5), tuple(2**e for e in range(5, 13)),
+                         seeds=5, n=32),
+    },
+    "agreement": {
+        "quick": Setting(("fc",), (3,), (128, 256, 512, 1024, 2048), seeds=3, n=16,
+                         n_test=32, kappas=(0.1, 1.0)),
+        "paper": Setting(("fc",), (2, 3, 5), tuple(2**e for e in range(6, 14)), seeds=5, n=64,
+                         n_test=128, kappas=(0.03, 0.1, 1.0)),
+    },
+}
+LOSS_TOLERANCE = 1e-3
+"""Training stops at loss <= LOSS_TOLERANCE x its value for f = 0 (1/2 |y|^2)."""
+
+
+def architecture(name: str, depth: int) -> FC | CNN:
+    if name == "fc":
+        return FC(depth=depth)
+    return CNN(depth=depth, pooling=name.removeprefix("cnn-"))  # type: ignore[arg-type]
+
+
+def _crops(images: np.ndarray, crop: int) -> np.ndarray:
+    start = (images.shape[1] - crop) // 2
+    return images[:, start:start + crop, start:start + crop]
+
+
+def inputs(arch: str, images: np.ndarray, reference: np.ndarray, crop: int,
+           device: torch.device) -> torch.Tensor:
+    """Centre crops: standardized (C, H, W) for CNNs; unit-norm flattened for FC."""
+    x = standardize(_crops(images, crop), reference=_crops(reference, crop))
+    if arch == "fc":
+        x = x.flatten(1)
+        x = x / x.norm(dim=1, keepdim=True)
+    return x.to(device)
+
+
+def cifar2(n: int, split: str) -> tuple[np.ndarray, torch.Tensor]:
+    """The first n airplane / automobile images of a split, labels -1 / +1."""
+    images, labels = cifar10_exact(split)
+    keep = np.flatnonzero(labels < 2)[:n]
+    return images[keep], torch.from_numpy(2.0 * labels[keep] - 1.0)
+
+
+def _row(arch: str, depth: int, width: int, seed: int, kappa: float, metric: str,
+         value: float) -> dict[str, object]:
+    return {"arch": arch, "depth": depth, "width": width, "seed": seed, "kappa": kappa,
+            "metric": metric, "value": value}
+
+
+def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
+          device: torch.device) -> list[dict[str, object]]:
+    images, _ = cifar10_exact("test", setting.n)
+    x = inputs(arch, images, images, setting.crop, device)
+    kernel = architecture(arch, depth)
+    theta = kernel.ntk(x)
+    net = kernel.network(width, tuple(x.shape[1:]), seed=seed, dtype=x.dtype, device=device)
+    error = empirical_ntk(net, x) - theta
+    return [_row(arch, depth, width, seed, kappa, "max_entry",
+                 float(error.abs().max() / theta.abs().max())),
+            _row(arch, depth, width, seed, kappa, "rel_fro", float(error.norm() / theta.norm()))]
+
+
+def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
+         device: torch.device):
+    """A net trained to convergence on the CIFAR-2 slice, its data and its history."""
+    images, y = cifar2(setting.n, "train")
+    x = inputs(arch, images, images, setting.crop, device)
+    y = y.to(device=device, dtype=x.dtype)
+    net = architecture(arch, depth).network(width, tuple(x.shape[1:]), seed=seed,
+                                            dtype=x.dtype, device=device)
+    with torch.no_grad():  # kappa f0 on the training points, before training moves it
+        f0_train = kappa * net(x)
+    lr = 0.5 * max_stable_lr(net, x, kappa=kappa)
+    history = train(net, x, y, kappa=kappa, lr=lr, record_every=10_000,
+                    until_loss=LOSS_TOLERANCE * 0.5 * float((y**2).sum()))
+    return net, x, y, history, f0_train
+
+
+def _drift(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
+           device: torch.device) -> list[dict[str, object]]:
+    _, _, _, history, _ = _fit(arch, depth, width, seed, kappa, setting, device)
+    return [_row(arch, depth, width, seed, kappa, "kernel_change_fro",
+                 history.kernel_change_fro[-1]),
+            _row(arch, depth, width, seed, kappa, "weight_change",
+                 max(history.weight_change[-1].values())),
+            _row(arch, depth, width, seed, kappa, "steps", history.steps[-1])]
+
+
+def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
+               device: torch.device) -> list[dict[str, object]]:
+    """f_nn: the trained net kappa f on test points.  f_ntk: kernel regression with the
+    analytic NTK, Theta(x, X) Theta^-1 y (what Theorem 3.2 bounds f_nn against; it has an
+    O(kappa) floor from kappa f at initialization).  f_lin: the net linearized at
+    initialization, kappa f0(x) + H0(x, X) H0^-1 (y - kappa f0(X)), with the empirical
+    NTK H0 of kappa f0 (no such floor)."""
+    architecture_ = architecture(arch, depth)
+    test_images, test_y = cifar2(setting.n_test, "test")
+    train_images, _ = cifar2(setting.n, "train")
+    x_test = inputs(arch, test_images, train_images, setting.crop, device)
+    shape = tuple(x_test.shape[1:])
+    init_net = architecture_.network(width, shape, seed=seed, dtype=x_test.dtype,
+                                     device=device)
+    net, x, y, _, f0_train = _fit(arch, depth, width, seed, kappa, setting, device)
+    with torch.no_grad():
+        f_nn = kappa * net(x_test)
+        f0_test = kappa * init_net(x_test)
+    theta = architecture_.ntk
+    f_ntk = kernel_regression(theta(x), y, theta(x_test, x))
+    h0 = kappa**2 * empirical_ntk(init_net, torch.cat([x, x_test]))
+    n = len(x)
+    f_lin = f0_test + kernel_regression(h0[:n, :n], y - f0_train, h0[n:, :n])
+    test_y = test_y.to(f_nn)
+    rows = [("nn_vs_ntk", float((f_nn - f_ntk).abs().mean())),
+            ("nn_vs_lin", float((f_nn - f_lin).abs().mean())),
+            ("acc_nn", float((torch.sign(f_nn) == test_y).double().mean())),
+            ("acc_ntk", float((torch.sign(f_ntk) == test_y).double().mean()))]
+    return [_row(arch, depth, width, seed, kappa, m, v) for m, v in rows]
+
+
+MEASURE: dict[str, Callable[..., list[dict[str, object]]]] = {
+    "init": _init, "drift": _drift, "agreement": _agreement}
+
+
+def _configurations(study: str, setting: Setting) -> list[tuple[str, int, int, int, float]]:
+    kappas = setting.kappas if study == "agreement" else (1.0,)
+    return [(a, d, w, s, k) for a in setting.archs for d in setting.depths
+            for k in kappas for w in setting.widths for s in range(setting.seeds)]
+
+
+def _key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
+    return (str(row["arch"]), int(str(row["depth"])), int(str(row["width"])),
+            int(str(row["seed"])), float(str(row["kappa"])))
+
+
+def _write(path: Path, rows: Iterable[dict[str, object]]) -> None:
+    partial = path.with_suffix(".partial")
+    with partial.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def versions() -> dict[str, str]:
+    import ntkcheck
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "ntkcheck": ntkcheck.__version__}
+
+
+def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "cpu",
+        progress: bool = True, widths: Sequence[int] | None = None,
+        seeds: int | None = None) -> list[dict[str, object]]:
+    """Run (or resume) a study and write ``out``/<study>.csv, _summary.json, .png, .md.
+    ``widths`` and ``seeds`` replace the preset's."""
+    if study not in STUDIES:
+        raise ValueError(f"study must be one of {', '.join(STUDIES)}; got {study!r}")
+    if preset not in PRESETS[study]:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS[study])}; got {preset!r}")
+    setting = PRESETS[study][preset]
+    if widths is not None:
+        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                             for w in widths):
+            raise ValueError(f"widths must be ints >= 1; got {list(widths)}")
+        setting = replace(setting, widths=tuple(sorted(set(widths))))
+    if seeds is not None:
+        setting = replace(setting, seeds=check_int("seeds", seeds, 1))
+    torch_device = torch.device(device)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / f"{study}.csv"
+    rows: list[dict[str, object]] = []
+    if csv_path.is_file():
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    done = {_key(r) for r in rows}
+    todo = [c for c in _configurations(study, setting) if c not in done]
+    with Progress(len(todo), f"{study} configurations", enabled=progress) as bar:
+        for config in todo:  # inputs, nets and kernels are float64 throughout
+            rows += MEASURE[study](*config, setting, torch_device)
+            _write(csv_path, rows)
+            bar.advance(1)
+    from .convergence_report import report  # matplotlib only when writing
+
+    report(study, preset, rows, folder, device=str(torch_device), versions=versions())
+    return rows

@@ -1,0 +1,124 @@
+"""Fits, figures and words for the convergence studies."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .convergence import BOUND_SLOPES, FITTED
+
+EMPIRICAL_SLOPE = -0.5
+BOOTSTRAP = 1000
+
+
+def _groups(rows: Sequence[dict[str, object]], study: str):
+    """{(arch, depth, kappa, metric): {width: [value per seed]}} for the fitted metrics."""
+    groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["metric"] in FITTED[study]:
+            key = (str(r["arch"]), int(str(r["depth"])), float(str(r["kappa"])), str(r["metric"]))
+            groups[key][int(str(r["width"]))].append(float(str(r["value"])))
+    return groups
+
+
+def _slope(widths: np.ndarray, means: np.ndarray) -> float:
+    return float(np.polyfit(np.log(widths), np.log(means), 1)[0])
+
+
+def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[dict]:
+    """Log-log slope of the seed-mean against width per (arch, depth, kappa, metric), with a
+    95% bootstrap interval from resampling the seeds of every width."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for (arch, depth, kappa, metric), by_width in sorted(_groups(rows, study).items()):
+        widths = np.array(sorted(by_width), dtype=float)
+        if len(widths) < 2:
+            continue
+        samples = [np.array(by_width[int(w)]) for w in widths]
+        slope = _slope(widths, np.array([s.mean() for s in samples]))
+        boot = [_slope(widths, np.array([rng.choice(s, len(s)).mean() for s in samples]))
+                for _ in range(BOOTSTRAP)]
+        fit = {"arch": arch, "depth": depth, "metric": metric, "slope": round(slope, 4),
+               "slope_ci": [round(float(q), 4) for q in np.percentile(boot, [2.5, 97.5])],
+               "bound_slope": round(BOUND_SLOPES[study], 4)}
+        if study == "agreement":
+            fit["kappa"] = kappa
+        out.append(fit)
+    return out
+
+
+def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame([r for r in rows if r["metric"] in FITTED[study]])
+    for column in ("width", "depth"):
+        frame[column] = frame[column].astype(int)
+    frame["value"] = frame["value"].astype(float)
+    frame["kappa"] = frame["kappa"].astype(float)
+    frame["curve"] = frame["arch"] + ", L=" + frame["depth"].astype(str)
+    if study == "agreement":
+        frame["curve"] += ", kappa=" + frame["kappa"].astype(str)
+    metrics = FITTED[study]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        part = frame[frame["metric"] == metric]
+        sns.lineplot(data=part, x="width", y="value", hue="curve", marker="o",
+                     errorbar=("se", 2), ax=ax)
+        widths = np.array(sorted(part["width"].unique()), dtype=float)
+        # constants are unknown: each reference line starts at the geometric mean of the
+        # curves' values at the narrowest width
+        start = float(np.exp(np.log(part[part["width"] == widths[0]]["value"]).mean()))
+        for slope, style, label in ((BOUND_SLOPES[study], "k--", "theorem's bound shape"),
+                                    (EMPIRICAL_SLOPE, "k:", "m^-1/2 (known empirical rate)")):
+            ax.plot(widths, start * (widths / widths[0]) ** slope, style,
+                    label=f"{label}, slope {slope:.3g}")
+        ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=metric.replace("_", " "),
+               title=f"{study}: {metric}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _words(study: str, preset: str, found: list[dict]) -> str:
+    bound = BOUND_SLOPES[study]
+    lines = [f"# {study} study ({preset} preset)", "",
+             f"Log-log slope of the seed-mean against width, 95% bootstrap interval over seeds. "
+             f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: -0.5. The bound "
+             "lines in the figure start at the geometric mean of the curves at the narrowest "
+             "width (their constants are unknown).", ""]
+    for f in found:
+        low, high = f["slope_ci"]
+        kappa = f", kappa {f['kappa']}" if "kappa" in f else ""
+        if high < bound:
+            verdict = "decays faster than the bound requires"
+        elif low > bound:
+            verdict = "decays slower than the bound shape"
+        else:
+            verdict = "consistent with the bound shape"
+        rate = ("consistent with m^-1/2" if low <= -0.5 <= high else
+                "faster than m^-1/2" if high < -0.5 else "slower than m^-1/2")
+        lines.append(f"- {f['arch']}, depth {f['depth']}{kappa}, {f['metric']}: slope "
+                     f"{f['slope']:.3f} [{low:.3f}, {high:.3f}]: {verdict}; {rate}.")
+    return "\n".join(lines) + "\n"
+
+
+def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: Path, *,
+           device: str, versions: dict[str, str]) -> None:
+    found = fits(study, rows)
+    (folder / f"{study}_summary.json").write_text(json.dumps(
+        {"study": study, "preset": preset, "device": device, "versions": versions,
+         "fits": found}, indent=1) + "\n")
+    (folder / f"{study}.md").write_text(_words(study, preset, found))
+    if rows:
+        _figure(study, rows, folder / f"{study}.png")
