@@ -62,19 +62,18 @@ PRESETS: dict[str, dict[str, Setting]] = {
     "init": {
         "quick": Setting(("fc", "cnn-flatten", "cnn-gap"), (2, 3, 5), (32, 64, 128, 256),
                          seeds=4, n=6),
-        "paper": Setting(("fc", "cnn-flatten", "cnn-gap"), (2, 3, 5, 9),
-                         tuple(2**e for e in range(5, 13)), seeds=8, n=8),
+        "paper": Setting(("fc", "cnn-flatten", "cnn-gap"), (2, 3, 5),
+                         tuple(2**e for e in range(5, 12)), seeds=6, n=8),
     },
     "drift": {
         "quick": Setting(("fc",), (2, 3), (64, 128, 256, 512, 1024), seeds=3, n=16),
-        "paper": Setting(("fc", "cnn-flatten"), (2, 3, 5), tuple(2**e for e in range(5, 13)),
-                         seeds=5, n=32),
+        "paper": Setting(("fc",), (2, 3, 5), tuple(2**e for e in range(5, 13)), seeds=4, n=32),
     },
     "agreement": {
         "quick": Setting(("fc",), (3,), (128, 256, 512, 1024, 2048), seeds=3, n=16,
                          n_test=32, kappas=(0.1, 1.0)),
-        "paper": Setting(("fc",), (2, 3, 5), tuple(2**e for e in range(6, 14)), seeds=5, n=64,
-                         n_test=128, kappas=(0.03, 0.1, 1.0)),
+        "paper": Setting(("fc",), (2, 3), tuple(2**e for e in range(6, 13)), seeds=4, n=32,
+                         n_test=64, kappas=(0.1, 1.0)),
     },
 }
 LOSS_TOLERANCE = 1e-3
