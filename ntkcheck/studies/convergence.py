@@ -249,5 +249,7 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
             bar.advance(1)
     from .convergence_report import report  # matplotlib only when writing
 
-    report(study, preset, rows, folder, device=str(torch_device), versions=versions())
+    name = (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)")
+    report(study, preset, rows, folder, device=name, versions=versions())
     return rows

@@ -97,6 +97,13 @@ def _words(study: str, preset: str, found: list[dict]) -> str:
              f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: -0.5. The bound "
              "lines in the figure start at the geometric mean of the curves at the narrowest "
              "width (their constants are unknown).", ""]
+    if study == "agreement":
+        lines += ["nn_vs_ntk is |f_nn - f_ntk| with f_ntk = Theta(x, X) Theta^-1 y, kernel "
+                  "regression from zero as Theorem 3.2 states it: the net's initial output "
+                  "kappa f0 = O(kappa) stays in f_nn, a floor that width does not remove, so "
+                  "the theorem takes kappa small. nn_vs_lin compares with the net linearized "
+                  "at initialization, kappa f0(x) + H0(x, X) H0^-1 (y - kappa f0(X)), which "
+                  "keeps f0 and has no such floor.", ""]
     for f in found:
         low, high = f["slope_ci"]
         kappa = f", kappa {f['kappa']}" if "kappa" in f else ""
