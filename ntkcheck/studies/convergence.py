@@ -16,10 +16,9 @@ flattened for FC (the theorems' setting), standardized for CNNs; ``drift`` and
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ..data import cifar10_exact, standardize
 from ..empirical import empirical_ntk
 from ..regression import kernel_regression
 from ..training import max_stable_lr, train
+from ._files import read_rows, write_rows
 
 STUDIES = ("init", "drift", "agreement")
 FIELDS = ("arch", "depth", "width", "seed", "kappa", "metric", "value")
@@ -199,15 +199,6 @@ def _key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
             int(str(row["seed"])), float(str(row["kappa"])))
 
 
-def _write(path: Path, rows: Iterable[dict[str, object]]) -> None:
-    partial = path.with_suffix(".partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
 def versions() -> dict[str, str]:
     import ntkcheck
 
@@ -236,16 +227,13 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{study}.csv"
-    rows: list[dict[str, object]] = []
-    if csv_path.is_file():
-        with csv_path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_rows(csv_path)
     done = {_key(r) for r in rows}
     todo = [c for c in _configurations(study, setting) if c not in done]
     with Progress(len(todo), f"{study} configurations", enabled=progress) as bar:
         for config in todo:  # inputs, nets and kernels are float64 throughout
             rows += MEASURE[study](*config, setting, torch_device)
-            _write(csv_path, rows)
+            write_rows(csv_path, FIELDS, rows)
             bar.advance(1)
     from .convergence_report import report  # matplotlib only when writing
 

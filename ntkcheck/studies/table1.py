@@ -11,10 +11,9 @@ on all 10,000 test images and reads all its depths out of one kernel pass.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +25,7 @@ from ..architectures import CNN
 from ..data import cifar10, cifar10_exact, standardize
 from ..kernel_matrix import kernel_matrix
 from ..regression import KernelRegression
+from ._files import read_rows, write_rows
 
 PAPER: dict[str, dict[int, float]] = {  # Table 1 of the paper, test accuracy in percent
     "CNTK-V": {3: 64.47, 4: 65.52, 6: 66.03, 11: 65.90, 21: 64.09},
@@ -154,23 +154,6 @@ def run_column(
     return rows
 
 
-def read_rows(path: Path) -> list[dict[str, object]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
-    """Write the CSV whole or not at all (an interrupted run leaves the previous file)."""
-    partial = path.with_suffix(".partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
 def reproduce(
     columns: Sequence[str] = DEFAULT_COLUMNS,
     depths: Sequence[int] = DEPTHS,
@@ -213,7 +196,7 @@ def reproduce(
         rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]
         rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
                                                   int(r["depth"])))  # type: ignore[call-overload]
-        write_rows(csv_path, rows)
+        write_rows(csv_path, FIELDS, rows)
         for r in new:
             log(f"  depth {r['depth']:>2}: {r['accuracy']:.2f}% (paper {r['paper']}) "
                 f"in {r['seconds']} s, ridge {r['ridge']}")
