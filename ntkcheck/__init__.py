@@ -6,7 +6,8 @@ from .empirical import empirical_ntk
 from .kernel_matrix import kernel_matrix
 from .kernels.recursion import Kernels
 from .regression import KernelRegression, kernel_regression
+from .training import History, train
 
-__all__ = ["CNN", "FC", "KernelRegression", "Kernels", "data", "empirical_ntk",
-           "kernel_matrix", "kernel_regression"]
+__all__ = ["CNN", "FC", "History", "KernelRegression", "Kernels", "data", "empirical_ntk",
+           "kernel_matrix", "kernel_regression", "train"]
 __version__ = "0.1.0"
