@@ -16,6 +16,7 @@ flattened for FC (the theorems' setting), standardized for CNNs; ``drift`` and
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -101,9 +102,16 @@ def inputs(arch: str, images: np.ndarray, reference: np.ndarray, crop: int,
     return x.to(device)
 
 
+@functools.cache
+def _split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split of the exact-pixel subset, read once per process (every configuration of a
+    sweep uses the same images; callers never modify them)."""
+    return cifar10_exact(split)
+
+
 def cifar2(n: int, split: str) -> tuple[np.ndarray, torch.Tensor]:
     """The first n airplane / automobile images of a split, labels -1 / +1."""
-    images, labels = cifar10_exact(split)
+    images, labels = _split(split)
     keep = np.flatnonzero(labels < 2)[:n]
     return images[keep], torch.from_numpy(2.0 * labels[keep] - 1.0)
 
@@ -114,12 +122,19 @@ def _row(arch: str, depth: int, width: int, seed: int, kappa: float, metric: str
             "metric": metric, "value": value}
 
 
+@functools.cache
+def _init_problem(arch: str, depth: int, n: int, crop: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The init study's inputs and their analytic NTK: the same for every width and seed."""
+    images = _split("test")[0][:n]
+    x = inputs(arch, images, images, crop, device)
+    return x, architecture(arch, depth).ntk(x)
+
+
 def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
           device: torch.device) -> list[dict[str, object]]:
-    images, _ = cifar10_exact("test", setting.n)
-    x = inputs(arch, images, images, setting.crop, device)
+    x, theta = _init_problem(arch, depth, setting.n, setting.crop, device)
     kernel = architecture(arch, depth)
-    theta = kernel.ntk(x)
     net = kernel.network(width, tuple(x.shape[1:]), seed=seed, dtype=x.dtype, device=device)
     error = empirical_ntk(net, x) - theta
     return [_row(arch, depth, width, seed, kappa, "max_entry",
