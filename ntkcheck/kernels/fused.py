@@ -23,8 +23,9 @@ MAX_SIDE = 64
 sides of at least 16, so smaller images are padded to 16)."""
 
 NUM_WARPS = 2
-"""Warps per program.  For a 32x32 slice the compiled loop measured 109 instructions per
-entry and layer at 2 warps, 196 at 4 (dot operands replicated across warps); 1 spills."""
+"""Warps per program.  For a 32x32 slice the compiled loop of an earlier version counted 109
+instructions per entry and layer at 2 warps, 196 at 4 (dot operands replicated across
+warps); 1 spills.  The image sides are compile-time constants (a kernel per image size)."""
 
 PRECISION = 2
 """Patch-sum precision: 2 = tf32 hi/lo split (default), 1 = plain tf32 (~1e-3 relative
@@ -112,9 +113,10 @@ def fused_kernels(
         buf = torch.empty(ia.numel(), slices, 2, deepest + 1, device=device)
         triton_cntk.cntk_slices[(ia.numel(), slices)](
             x1c, zc, std1, std2, ia, ib, buf,
-            x1.shape[0], z.shape[0], side_p, side_q, side_q if gap else 1,
+            x1.shape[0], z.shape[0],
             rules.scale, torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
-            CHANNELS=channels, RADIUS=rules.radius, DEEPEST=deepest, DEPTH_MASK=mask,
+            P=side_p, Q=side_q, SLICES_Q=side_q if gap else 1, CHANNELS=channels,
+            RADIUS=rules.radius, DEEPEST=deepest, DEPTH_MASK=mask,
             FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric, PRECISION=PRECISION,
             BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
         )

@@ -70,6 +70,20 @@ def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size,
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("deepest", [6, 7])
+def test_every_depth_read_out_in_both_layouts(deepest):
+    # the kernel's layers alternate between (i, j) and (j, i) layouts, two per loop turn,
+    # with a different tail for an odd and an even number of layers; a 4 x 5 image tells
+    # the two layouts apart
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    arch = nc.CNN(depth=deepest, pooling="gap")
+    depths = range(2, deepest + 1)
+    assert_close(both(arch, x.float().to(DEVICE), z.float().to(DEVICE), depths),
+                 both(arch, x, z, depths, backend="torch"))
+
+
 def test_wide_filter_and_padded_block():
     # 17 x 6 pads to a 32 x 16 block; q = 5 reaches two rows across the packing boundary
     x = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
