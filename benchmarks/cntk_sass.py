@@ -22,6 +22,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
@@ -86,13 +87,11 @@ def loop_opcodes(sass: str) -> collections.Counter:
 
 def count(label: str, num_warps: int, precision: int) -> dict:
     kernel = compile_kernel(num_warps, precision)
-    cubin = RESULTS / ".cntk_sass.cubin"
-    cubin.write_bytes(kernel.asm["cubin"])
-    try:
-        opcodes = loop_opcodes(cuobjdump("-sass", str(cubin)))
-        usage = cuobjdump("-res-usage", str(cubin))
-    finally:
-        cubin.unlink()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        opcodes = loop_opcodes(cuobjdump("-sass", cubin.name))
+        usage = cuobjdump("-res-usage", cubin.name)
     # Each layer runs 2 fields x 2 products x (hi, lo) tf32 mma of (32 x 32) @ (32 x 32),
     # m16n8k8 each, split over the warps: that tells how many layers one loop turn holds.
     mma_per_layer = 2 * 2 * (2 if precision == 2 else 1) * SIDE**3 // (16 * 8 * 8) // num_warps
