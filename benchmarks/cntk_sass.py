@@ -8,7 +8,7 @@ instructions per cycle), so the shared-memory, shuffle and global counts are the
 drive down; registers and spills set how many programs an SM holds.  A proxy, not a timing:
 benchmarks/cntk_gpu.py measures on a GPU.
 
-    python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--out FILE]
+    python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P] [--out FILE]
 
 adds (or replaces) the row NAME in benchmarks/results/cntk_sass.json (or FILE).  Run it
 with PYTHONPATH pointing at another checkout to count that checkout's kernel.
@@ -35,12 +35,15 @@ from ntkcheck.kernels import fused, triton_cntk  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDE, CHANNELS, DEPTH = 32, 3, 11
-CONSTANTS = dict(P=SIDE, Q=SIDE, SLICES_Q=SIDE, CHANNELS=CHANNELS, RADIUS=1, DEEPEST=DEPTH,
+CONSTANTS = dict(P=SIDE, Q=SIDE, SLICES_Q=SIDE, EXTENDED=True, CHANNELS=CHANNELS, RADIUS=1,
+                 SCALE=2 / 9, DEEPEST=DEPTH,
                  DEPTH_MASK=1 << DEPTH, FIX_FIRST_LAST=True, SYMMETRIC=False, BP=SIDE, BQ=SIDE)
+LAYERS_PER_TURN = 2
+"""Layers in one turn of the kernel's layer loop (it alternates two layouts)."""
 UNITS = {
     "tensor": ("HMMA",),
     "shared": ("LDS", "STS", "LDSM", "STSM"),
-    "global": ("LDG", "LDGSTS", "STG"),
+    "global": ("LDG", "LDGSTS", "STG", "UTMALDG"),
     "shuffle": ("SHFL",),
     "special": ("MUFU",),
     "barrier": ("BAR",),
@@ -72,13 +75,15 @@ def cuobjdump(*args: str) -> str:
 
 
 def loop_opcodes(sass: str) -> collections.Counter:
-    """Opcodes (without modifiers or predicates) of the longest loop."""
+    """Opcodes (without modifiers or predicates) of the longest loop.  Back branches from
+    after the first EXIT are not loops but the retry paths of barrier waits."""
     code = [(int(m.group(1), 16), m.group(2).strip())
             for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
+    end = next(address for address, text in code if re.search(r"\bEXIT\b", text))
     loops = []
     for address, text in code:
         branch = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
-        if branch and int(branch.group(1), 16) < address:
+        if branch and int(branch.group(1), 16) < address < end:
             loops.append((int(branch.group(1), 16), address))
     start, end = max(loops, key=lambda span: span[1] - span[0])
     return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
@@ -92,12 +97,10 @@ def count(label: str, num_warps: int, precision: int) -> dict:
         cubin.flush()
         opcodes = loop_opcodes(cuobjdump("-sass", cubin.name))
         usage = cuobjdump("-res-usage", cubin.name)
-    # Each layer runs 2 fields x 2 products x (hi, lo) tf32 mma of (32 x 32) @ (32 x 32),
-    # m16n8k8 each, split over the warps: that tells how many layers one loop turn holds.
-    mma_per_layer = 2 * 2 * (2 if precision == 2 else 1) * SIDE**3 // (16 * 8 * 8) // num_warps
-    layers = opcodes["HMMA"] / mma_per_layer
-    per_thread = SIDE * SIDE / (32 * num_warps)  # field entries each thread holds
-    scale = 1 / (layers * per_thread)
+    # Per field entry and layer of the whole program: work a layout repeats on several warps
+    # (Triton replicates a 32 x 32 mma over 4 warps two ways) counts as often as it runs.
+    per_thread = SIDE * SIDE / (32 * num_warps)
+    scale = 1 / (LAYERS_PER_TURN * per_thread)
     units = {unit: round(sum(opcodes[o] for o in ops) * scale, 2) for unit, ops in UNITS.items()}
     total = sum(opcodes.values())
     units["other"] = round(total * scale - sum(units.values()), 2)
@@ -108,7 +111,7 @@ def count(label: str, num_warps: int, precision: int) -> dict:
         "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
         "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1)),
         "shared_bytes": kernel.metadata.shared,
-        "layers_per_loop_turn": layers,
+        "layers_per_loop_turn": LAYERS_PER_TURN,
         "instructions_per_entry_layer": round(total * scale, 2),
         "by_unit": units,
         "opcodes_per_entry_layer": {o: round(n * scale, 2) for o, n in opcodes.most_common()},
@@ -119,9 +122,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="current")
     parser.add_argument("--num-warps", type=int, default=fused.NUM_WARPS)
+    parser.add_argument("--precision", type=int, default=fused.PRECISION)
     parser.add_argument("--out", type=Path, default=RESULTS / "cntk_sass.json")
     args = parser.parse_args()
-    row = count(args.label, args.num_warps, fused.PRECISION)
+    row = count(args.label, args.num_warps, args.precision)
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     rows = [r for r in rows if r["label"] != args.label] + [row]
     args.out.write_text(json.dumps({"benchmark": "cntk_sass", "rows": rows}, indent=1) + "\n")

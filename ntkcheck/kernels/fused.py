@@ -27,9 +27,10 @@ NUM_WARPS = 2
 instructions per entry and layer at 2 warps, 196 at 4 (dot operands replicated across
 warps); 1 spills.  The image sides are compile-time constants (a kernel per image size)."""
 
-PRECISION = 2
-"""Patch-sum precision: 2 = tf32 hi/lo split (default), 1 = plain tf32 (~1e-3 relative
-error), 0 = exact float32 products on the CUDA cores (slow); see ``triton_cntk``."""
+PRECISION = 3
+"""Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
+twice the tensor-core instructions), 1 = plain tf32 (~1e-3 relative error), 0 = exact
+float32 products on the CUDA cores (slow); see ``triton_cntk``."""
 
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
@@ -64,10 +65,27 @@ def _block(side: int) -> int:
     return max(16, 1 << (side - 1).bit_length())
 
 
-def _stacked_stds(rules: ConvSamePosition, x: torch.Tensor, activations: int) -> torch.Tensor:
-    """(activations, n, P, Q) per-image stds, computed in float64 and stored in float32."""
-    stds = image_stds(rules, x.double(), activations)
-    return torch.stack(stds).to(torch.float32).contiguous()
+def _kernel_inputs(
+    rules: ConvSamePosition, x: torch.Tensor, activations: int, extended: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x', stds', scales) as ``triton_cntk.cntk_slices`` takes them: each image times the
+    power of two ``scales`` that puts its largest std (over positions and layers) in
+    [1/2, 1), and its (activations, n, P, Q) stds likewise, computed in float64 and stored
+    in float32; with ``extended``, every plane repeated twice along both axes.
+
+    The kernels are bilinear in the two images, so the readouts of a pair come back
+    divided by both scales, exactly (powers of two); in between, every field of the
+    recursion stays below 2^16, as fp16 products need (its NNGP entries are within the
+    product of two stds, Cauchy-Schwarz, and each NTK layer adds at most one NNGP's worth).
+    A zero image keeps scale 1."""
+    stds = torch.stack(image_stds(rules, x.double(), activations))
+    _, exponent = torch.frexp(stds.amax(dim=(0, 2, 3)))  # largest = m 2^e, m in [1/2, 1)
+    scales = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), -exponent)
+    stds = (stds * scales[None, :, None, None]).to(torch.float32)
+    x = x * scales.to(x.dtype)[:, None, None, None]
+    if extended:
+        x, stds = x.repeat(1, 1, 2, 2), stds.repeat(1, 1, 2, 2)
+    return x.contiguous(), stds.contiguous(), scales
 
 
 def fused_kernels(
@@ -92,9 +110,9 @@ def fused_kernels(
     deepest = max(depths)
     symmetric = x2 is None
     z = x1 if x2 is None else x2
-    x1c, zc = x1.contiguous(), z.contiguous()
-    std1 = _stacked_stds(rules, x1, deepest - 1)
-    std2 = std1 if symmetric else _stacked_stds(rules, z, deepest - 1)
+    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap)
+    zc, std2, scale2 = ((x1c, std1, scale1) if symmetric
+                        else _kernel_inputs(rules, z, deepest - 1, gap))
     channels, side_p, side_q = x1.shape[1:]
     slices = side_p * side_q if gap else 1
     mean = float(side_p * side_q) ** 2 if gap else 1.0
@@ -114,13 +132,14 @@ def fused_kernels(
         triton_cntk.cntk_slices[(ia.numel(), slices)](
             x1c, zc, std1, std2, ia, ib, buf,
             x1.shape[0], z.shape[0],
-            rules.scale, torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
-            P=side_p, Q=side_q, SLICES_Q=side_q if gap else 1, CHANNELS=channels,
-            RADIUS=rules.radius, DEEPEST=deepest, DEPTH_MASK=mask,
-            FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric, PRECISION=PRECISION,
-            BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
+            torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
+            P=side_p, Q=side_q, SLICES_Q=side_q if gap else 1, EXTENDED=gap,
+            CHANNELS=channels, RADIUS=rules.radius, SCALE=rules.scale, DEEPEST=deepest,
+            DEPTH_MASK=mask, FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric,
+            PRECISION=PRECISION, BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
         )
-        sums = buf.sum(1, dtype=torch.float64) / mean  # (pairs, 2, deepest + 1)
+        unscale = mean * scale1[ia.long()] * scale2[ib.long()]
+        sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
         found = {}
         for d in depths:
             ntk = x1.new_zeros(aa.shape)

@@ -10,19 +10,27 @@ displacement-0 slice (its trace); GAP needs all P Q slices (the sum of every ent
 
 The patch sum of a slice is R X C with banded 0/1 matrices R (rows) and C (columns) that
 encode the radius, the image border and the boundary between the two packed displacements,
-so it runs on the tensor cores.  A tensor-core float32 product rounds its operands to tf32
-(11 significant bits); splitting X = hi + lo, with hi the top 11 bits and lo the rest,
-gives X C = hi C + lo C with every product exact (C is 0/1) and only lo's last bits lost,
-~2^-21 relative per patch sum instead of 2^-11.
+so it runs on the tensor cores.  Their operands have 11 significant bits (fp16, or tf32 for
+float32 operands); splitting X = hi + lo, with hi the top 11 bits and lo the rest, gives
+X C = hi C + lo C with every product exact (C is 0/1) and only lo's last bits lost, ~2^-22
+relative per patch sum instead of 2^-11.  fp16 (``PRECISION`` 3) does it in half the
+tensor-core instructions of tf32 (2), with its transposes through ldmatrix / stmatrix,
+but only within its range: the caller scales each
+image by a power of two so that its largest std is below 1 (``fused._kernel_inputs``), which
+keeps every field below 2^16 and puts fp16's absolute floor (2^-25) far below the entries
+that matter.
 
 Data movement is what limits this kernel, so each patch sum is arranged to move little:
 the field always enters a product as its left operand, where an mma accumulator already
-lies in the right registers once its columns are relabelled (``_as_left``, with the band's
-rows permuted to match); the second product needs the transpose, one trip through shared
-memory, and returns the patch sum transposed.  So the layers alternate between fields laid
-out (i, j) and (j, i), with R and C swapping roles.
+lies in the right registers (for tf32 once its columns are relabelled: ``_as_left``, with
+the band's rows permuted to match); the second product needs the transpose, one trip
+through shared memory, and returns the patch sum transposed.  So the layers alternate
+between fields laid out (i, j) and (j, i), with R and C swapping roles.
 
 Per-image stds sqrt(Sigma^(h)(x, x)) come in from the torch reference (``image_stds``).
+For GAP they and the images come as planes repeated twice along each axis, so that a
+slice's partner positions (i + ki) mod P, (j + kj) mod Q sit one fixed shift away and every
+address of a layer's loads is that of the plane plus a constant.
 """
 
 from __future__ import annotations
@@ -30,59 +38,70 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# asin(t) = t + t^3 p(t^2) on [0, 1/2]: least-squares fit of p (degree 4, Chebyshev nodes,
-# weighted by t^2); with the half-angle reduction below, arccos is within 3e-7 (about one
-# ulp of pi) of float64 arccos over all of [-1, 1] in float32 arithmetic.
-_P0 = tl.constexpr(0.16666753590106964)
-_P1 = tl.constexpr(0.07495298236608505)
-_P2 = tl.constexpr(0.04546918720006943)
-_P3 = tl.constexpr(0.024188648909330368)
-_P4 = tl.constexpr(0.04214736446738243)
+# arccos(a) = sqrt(1 - a) p(a) on [0, 1] (the form of Abramowitz & Stegun 4.4.46): p of
+# degree 7 fitted here (Chebyshev nodes, reweighted toward the smallest largest error of
+# arccos): within 1.2e-8 of arccos in exact arithmetic, so float32 rounding is what is left.
+_ACOS = tl.constexpr((1.5707963705062866, -0.21459989249706268, 0.08899926394224167,
+                      -0.050312772393226624, 0.03133543208241463, -0.01780892163515091,
+                      0.007245398126542568, -0.0014414644101634622))
 _PI = tl.constexpr(3.141592653589793)
-_HALF_PI = tl.constexpr(1.5707963267948966)
 _TF32_MASK = tl.constexpr(-8192)  # 0xFFFFE000: keeps sign, exponent and 10 mantissa bits
+
+
+@triton.jit
+def _scaled_angle(rho, w, FACTOR: tl.constexpr):
+    """FACTOR * theta, theta = arccos(-rho) = pi - arccos(rho), from rho in [-1, 1] and
+    w = 1 - |rho| (FACTOR folds into the coefficients)."""
+    a = tl.abs(rho)
+    p = _ACOS[7] * FACTOR
+    for n in tl.static_range(6, -1, -1):
+        p = p * a + _ACOS[n] * FACTOR
+    acos_a = tl.sqrt(w) * p  # FACTOR * arccos(|rho|)
+    return tl.where(rho >= 0, FACTOR * _PI - acos_a, acos_a)
+
 
 @triton.jit
 def relu_angle(rho):
     """theta = arccos(-rho) = pi - arccos(rho) for rho in [-1, 1]."""
-    a = tl.abs(rho)
-    small = a <= 0.5
-    z = tl.where(small, a * a, (1.0 - a) * 0.5)  # arccos(a) = 2 asin(sqrt((1 - a) / 2))
-    s = tl.where(small, a, tl.sqrt(z))
-    p = (((_P4 * z + _P3) * z + _P2) * z + _P1) * z + _P0
-    asin = s + s * z * p
-    acos_a = tl.where(small, _HALF_PI - asin, 2.0 * asin)  # arccos(|rho|)
-    return tl.where(rho >= 0, _PI - acos_a, acos_a)
+    return _scaled_angle(rho, 1.0 - tl.abs(rho), 1.0)
 
 
 @triton.jit
-def _band(k, n, RADIUS: tl.constexpr, BLOCK: tl.constexpr):
+def _band(k, n, RADIUS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """(BLOCK, BLOCK) 0/1 matrix of one axis' patch sum on a slice packed with shift k, its
     rows in the order in which ``_as_left`` puts the columns of a field."""
     r1 = tl.arange(0, BLOCK)[:, None]
-    r1 = (r1 // 8) * 8 + (r1 % 4) * 2 + (r1 % 8) // 4
+    if PRECISION != 3:
+        r1 = (r1 // 8) * 8 + (r1 % 4) * 2 + (r1 % 8) // 4
     r2 = tl.arange(0, BLOCK)[None, :]
     near = (r1 - r2 <= RADIUS) & (r2 - r1 <= RADIUS) & (r1 < n) & (r2 < n)
     same_displacement = (r1 + k < n) == (r2 + k < n)
-    return (near & same_displacement).to(tl.float32)
+    if PRECISION == 3:
+        return (near & same_displacement).to(tl.float16)
+    else:
+        return (near & same_displacement).to(tl.float32)
 
 
 @triton.jit
-def _as_left(x):
-    """x with its columns reordered, 8b + 2t + u -> 8b + 4u + t: an mma accumulator holds
-    columns 2t, 2t + 1 of each block of 8 in thread t of a quad, where tl.dot's tf32 left
-    operand wants columns t, t + 4, so this relabelling lets the accumulator be used as it
-    lies (no data moves; the band's rows carry the same permutation, so the product is
-    unchanged).  Elsewhere (the interpreter, the CUDA-core path) it is just a permutation."""
-    rows: tl.constexpr = x.shape[0]
-    cols: tl.constexpr = x.shape[1]
-    x = tl.reshape(x, (rows, cols // 8, 4, 2))
-    return tl.reshape(tl.permute(x, (0, 1, 3, 2)), (rows, cols))
+def _as_left(x, PRECISION: tl.constexpr):
+    """x as the left operand of a product with a ``_band``.  An mma accumulator holds columns
+    2t, 2t + 1 of each block of 8 in thread t of a quad.  A 16-bit left operand wants them
+    there; tl.dot's tf32 one wants columns t, t + 4, so for 32-bit operands the columns are
+    relabelled, 8b + 2t + u -> 8b + 4u + t, which lets the accumulator be used as it lies (no
+    data moves; the band's rows carry the same permutation, so the product is unchanged).
+    Elsewhere (the interpreter, the CUDA-core path) it is just a permutation."""
+    if PRECISION == 3:
+        return x
+    else:
+        rows: tl.constexpr = x.shape[0]
+        cols: tl.constexpr = x.shape[1]
+        x = tl.reshape(x, (rows, cols // 8, 4, 2))
+        return tl.reshape(tl.permute(x, (0, 1, 3, 2)), (rows, cols))
 
 
 @triton.jit
 def _split(x):
-    """x = hi + lo with hi exact in tf32."""
+    """x = hi + lo with hi exact in tf32 (and in fp16, within its range)."""
     hi = (x.to(tl.int32, bitcast=True) & _TF32_MASK).to(tl.float32, bitcast=True)
     return hi, x - hi
 
@@ -94,9 +113,12 @@ def _dot(x, band, PRECISION: tl.constexpr):
         return tl.dot(x, band, input_precision="ieee")
     elif PRECISION == 1:
         return tl.dot(x, band, input_precision="tf32")
-    else:
+    elif PRECISION == 2:
         hi, lo = _split(x)
         return tl.dot(lo, band, tl.dot(hi, band, input_precision="tf32"), input_precision="tf32")
+    else:
+        hi, lo = _split(x)
+        return tl.dot(lo.to(tl.float16), band, tl.dot(hi.to(tl.float16), band))
 
 
 @triton.jit
@@ -104,40 +126,61 @@ def _patch_sum_transposed(x, cols, rows, PRECISION: tl.constexpr):
     """(rows @ x @ cols)^T for symmetric bands (``_band``).  The first product takes the
     accumulator x as it lies; the second needs its transpose, the one trip through shared
     memory; returning the result transposed saves the trip back."""
-    y = _dot(_as_left(x), cols, PRECISION)
-    return _dot(_as_left(tl.trans(y)), rows, PRECISION)
+    y = _dot(_as_left(x, PRECISION), cols, PRECISION)
+    return _dot(_as_left(tl.trans(y), PRECISION), rows, PRECISION)
 
 
 @triton.jit
-def _positions(ki, kj, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr):
-    """Flat indices of each (i, j) of a slice and of its partner (i', j'), and which entries
-    lie inside the image, as (BP, BQ) tensors."""
-    i = tl.arange(0, BP)[:, None]
-    j = tl.arange(0, BQ)[None, :]
-    i2 = tl.where(i + ki < P, i + ki, i + ki - P)
-    j2 = tl.where(j + kj < Q, j + kj, j + kj - Q)
-    return i * Q + j, i2 * Q + j2, (i < P) & (j < Q)
+def _offsets(P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+             ROW: tl.constexpr, FLIPPED: tl.constexpr):
+    """Offsets i ROW + j of the entries of a field in a plane of row length ROW, and which of
+    them lie inside the image: (BP, BQ) tensors, or (BQ, BP) ones (j, i) if FLIPPED.  Built
+    from aranges, so the compiler folds them into the load instructions' immediates."""
+    if FLIPPED:
+        j = tl.arange(0, BQ)[:, None]
+        i = tl.arange(0, BP)[None, :]
+    else:
+        i = tl.arange(0, BP)[:, None]
+        j = tl.arange(0, BQ)[None, :]
+    return i * ROW + j, (i < P) & (j < Q)
+
+
+@triton.jit
+def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+                ROW: tl.constexpr, FLIPPED: tl.constexpr):
+    """The (i, j) plane at ptr (row length ROW) as a field, zero outside the image."""
+    offsets, inside = _offsets(P, Q, BP, BQ, ROW, FLIPPED)
+    if BP == P and BQ == Q:
+        return tl.load(ptr + offsets)
+    else:
+        return tl.load(ptr + offsets, mask=inside, other=0.0)
 
 
 @triton.jit
 def _activation(
-    sigma, theta, h, a, b, n1, n2, std1_ptr, std2_ptr, plane, here, there, inside,
-    self_slice, out, scale, tiny, snap,
-    DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
+    sigma, theta, h, std1, std2, layer1, layer2, limit, tiny, out,
+    P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
+    FLIPPED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
+    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
-    storing the readouts of depth h + 1 if it is requested."""
-    s1 = tl.load(std1_ptr + ((h - 1) * n1 + a) * plane + here, mask=inside, other=0.0)
-    s2 = tl.load(std2_ptr + ((h - 1) * n2 + b) * plane + there, mask=inside, other=0.0)
+    storing the readouts of depth h + 1 if it is requested.  std1 / std2 point at the two
+    images' std planes of layer 0 (std2 shifted to the slice's partner positions), layer1 /
+    layer2 are the strides between layers; |rho| >= limit is snapped to +-1."""
+    s1 = _load_field(std1 + (h - 1) * layer1, P, Q, BP, BQ, ROW, FLIPPED)
+    s2 = _load_field(std2 + (h - 1) * layer2, P, Q, BP, BQ, ROW, FLIPPED)
     norm = s1 * s2
-    rho = sigma / tl.maximum(norm, tiny)
-    rho = tl.where(tl.abs(rho) >= 1.0 - snap, tl.where(rho > 0, 1.0, -1.0), rho)
-    rho = tl.where(self_slice & (norm > 0), 1.0, rho)
-    angle = relu_angle(rho)
-    # sqrt(1 - rho^2), factored so that it keeps its digits near rho = +-1
-    sine = tl.sqrt(tl.maximum((1.0 - rho) * (1.0 + rho), 0.0))
-    k = (sine + angle * rho) * norm * (scale / (2 * _PI))
-    propagated = angle * (scale / (2 * _PI)) * theta  # K-dot^(h) * Theta^(h-1)
+    # one approximate reciprocal square root instead of a full-range division: the caller
+    # keeps every std below 1, so norm^2 cannot overflow
+    rho = sigma * tl.rsqrt(tl.maximum(norm * norm, tiny))
+    rho = tl.where(tl.abs(rho) >= limit, tl.where(rho > 0, 1.0, -1.0), rho)
+    w = 1.0 - tl.abs(rho)
+    kdot = _scaled_angle(rho, w, SCALE / (2 * _PI))  # K-dot^(h) = scale theta / (2 pi)
+    # scale sqrt(1 - rho^2) / (2 pi) with the factors kept apart, so that it keeps its digits
+    # near rho = +-1
+    sine = tl.sqrt(w * ((SCALE / (2 * _PI)) ** 2 * (1.0 + tl.abs(rho))))
+    k = (sine + kdot * rho) * norm  # K^(h) = scale norm (sin theta + theta rho) / (2 pi)
+    propagated = kdot * theta
     if (DEPTH_MASK >> (h + 1)) & 1:
         if FIX_FIRST_LAST:
             top = propagated
@@ -150,14 +193,15 @@ def _activation(
 
 @triton.jit
 def _layer(
-    sigma, theta, h, first, second, a, b, n1, n2, std1_ptr, std2_ptr, plane, here, there,
-    inside, self_slice, out, scale, tiny, snap, PRECISION: tl.constexpr,
+    sigma, theta, h, first, second, std1, std2, layer1, layer2, limit, tiny, out,
+    P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
+    FLIPPED: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
     DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
 ):
     """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)) transposed."""
     k, propagated = _activation(
-        sigma, theta, h, a, b, n1, n2, std1_ptr, std2_ptr, plane, here, there, inside,
-        self_slice, out, scale, tiny, snap, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+        sigma, theta, h, std1, std2, layer1, layer2, limit, tiny, out, P, Q, BP, BQ, ROW,
+        FLIPPED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
     return (_patch_sum_transposed(k, first, second, PRECISION),
             _patch_sum_transposed(propagated + k, first, second, PRECISION))
 
@@ -165,18 +209,20 @@ def _layer(
 @triton.jit
 def cntk_slices(
     x1_ptr, x2_ptr, std1_ptr, std2_ptr, rows_ptr, cols_ptr, out_ptr,
-    n1, n2,
-    scale, tiny, snap,
-    P: tl.constexpr, Q: tl.constexpr, SLICES_Q: tl.constexpr, CHANNELS: tl.constexpr,
-    RADIUS: tl.constexpr, DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr, PRECISION: tl.constexpr,
-    BP: tl.constexpr, BQ: tl.constexpr,
+    n1, n2, tiny, snap,
+    P: tl.constexpr, Q: tl.constexpr, SLICES_Q: tl.constexpr, EXTENDED: tl.constexpr,
+    CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
+    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
+    PRECISION: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
 
-    x1 (n1, C, P, Q), x2 (n2, C, P, Q); std1 (DEEPEST - 1, n1, P, Q), std2 likewise;
-    rows / cols: the pair's image indices; grid (pairs, slices).
+    x1 (n1, C, R, S), x2 (n2, C, R, S); std1 (DEEPEST - 1, n1, R, S), std2 likewise, with
+    (R, S) = (P, Q), or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so
+    that a slice's partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj,
+    one fixed shift away (needed unless the only slice is ki = kj = 0).  rows / cols: the
+    pair's image indices; grid (pairs, slices).
     """
     pair = tl.program_id(0)
     sl = tl.program_id(1)
@@ -184,51 +230,54 @@ def cntk_slices(
     b = tl.load(cols_ptr + pair).to(tl.int64)
     ki = sl // SLICES_Q
     kj = sl % SLICES_Q
-    plane = P * Q
+    R: tl.constexpr = 2 * P if EXTENDED else P
+    S: tl.constexpr = 2 * Q if EXTENDED else Q
+    plane = R * S
+    shift = ki * S + kj
     # Each patch sum returns its field transposed, so layers alternate between a natural
     # (i, j) and a flipped (j, i) layout, with the bands of the two axes swapping roles.
-    rows = _band(ki, P, RADIUS, BP)
-    cols = _band(kj, Q, RADIUS, BQ)
-    here, there, inside = _positions(ki, kj, P, Q, BP, BQ)
-    here_t, there_t, inside_t = tl.trans(here), tl.trans(there), tl.trans(inside)  # (j, i)
+    rows = _band(ki, P, RADIUS, BP, PRECISION)
+    cols = _band(kj, Q, RADIUS, BQ, PRECISION)
 
     # Sigma^(0): patch sum of sum_c x_c(i, j) z_c(i', j'), summed flipped so that it comes
     # out natural; Theta^(0) = Sigma^(0) or 0.
     raw = tl.zeros((BQ, BP), tl.float32)
     for c in tl.static_range(CHANNELS):
-        u = tl.load(x1_ptr + (a * CHANNELS + c) * plane + here_t, mask=inside_t, other=0.0)
-        v = tl.load(x2_ptr + (b * CHANNELS + c) * plane + there_t, mask=inside_t, other=0.0)
+        u = _load_field(x1_ptr + (a * CHANNELS + c) * plane, P, Q, BP, BQ, S, True)
+        v = _load_field(x2_ptr + (b * CHANNELS + c) * plane + shift, P, Q, BP, BQ, S, True)
         raw += u * v
     sigma = _patch_sum_transposed(raw, rows, cols, PRECISION)
     if FIX_FIRST_LAST:
         theta = tl.zeros((BP, BQ), tl.float32)
     else:
         theta = sigma
-    # A Gram's own pairs at displacement 0 have rho = 1 exactly; say so rather than rely on
-    # the fused sums matching the per-image stds bit for bit (arccos' slope is infinite there).
-    self_slice = (a == b) & (sl == 0) & SYMMETRIC
+    # A Gram's own pairs at displacement 0 have rho = 1 exactly; say so (limit 0: every rho,
+    # all >= 0 there, snaps to 1) rather than rely on the fused sums matching the per-image
+    # stds bit for bit (arccos' slope is infinite there).  Where a std is 0 the fields are 0
+    # too, and rho = 0 snaps to -1, which also gives K = K-dot Theta = 0.
+    limit = tl.where((a == b) & (sl == 0) & SYMMETRIC, 0.0, 1.0 - snap)
 
+    std1 = std1_ptr + a * plane
+    std2 = std2_ptr + b * plane + shift
+    layer1 = n1 * plane
+    layer2 = n2 * plane
     out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
     # Layers h = 1 .. DEEPEST - 1; all but the last end in a patch sum, two per iteration
     # so that the loop carries natural fields.
     for h in range(1, DEEPEST - 2, 2):
         sigma_t, theta_t = _layer(
-            sigma, theta, h, cols, rows, a, b, n1, n2, std1_ptr, std2_ptr, plane, here, there,
-            inside, self_slice, out, scale, tiny, snap, PRECISION, DEEPEST, DEPTH_MASK,
-            FIX_FIRST_LAST)
+            sigma, theta, h, cols, rows, std1, std2, layer1, layer2, limit, tiny, out,
+            P, Q, BP, BQ, S, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
         sigma, theta = _layer(
-            sigma_t, theta_t, h + 1, rows, cols, a, b, n1, n2, std1_ptr, std2_ptr, plane,
-            here_t, there_t, inside_t, self_slice, out, scale, tiny, snap, PRECISION, DEEPEST,
-            DEPTH_MASK, FIX_FIRST_LAST)
+            sigma_t, theta_t, h + 1, rows, cols, std1, std2, layer1, layer2, limit, tiny, out,
+            P, Q, BP, BQ, S, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
     if DEEPEST % 2 == 0:  # the last layer finds natural fields
-        _activation(sigma, theta, DEEPEST - 1, a, b, n1, n2, std1_ptr, std2_ptr, plane, here,
-                    there, inside, self_slice, out, scale, tiny, snap, DEEPEST, DEPTH_MASK,
-                    FIX_FIRST_LAST)
+        _activation(sigma, theta, DEEPEST - 1, std1, std2, layer1, layer2, limit, tiny, out,
+                    P, Q, BP, BQ, S, False, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
     else:  # one more patch-summing layer, then the last one on flipped fields
         sigma_t, theta_t = _layer(
-            sigma, theta, DEEPEST - 2, cols, rows, a, b, n1, n2, std1_ptr, std2_ptr, plane,
-            here, there, inside, self_slice, out, scale, tiny, snap, PRECISION, DEEPEST,
-            DEPTH_MASK, FIX_FIRST_LAST)
-        _activation(sigma_t, theta_t, DEEPEST - 1, a, b, n1, n2, std1_ptr, std2_ptr, plane,
-                    here_t, there_t, inside_t, self_slice, out, scale, tiny, snap, DEEPEST,
-                    DEPTH_MASK, FIX_FIRST_LAST)
+            sigma, theta, DEEPEST - 2, cols, rows, std1, std2, layer1, layer2, limit, tiny,
+            out, P, Q, BP, BQ, S, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+            FIX_FIRST_LAST)
+        _activation(sigma_t, theta_t, DEEPEST - 1, std1, std2, layer1, layer2, limit, tiny,
+                    out, P, Q, BP, BQ, S, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
