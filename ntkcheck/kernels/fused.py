@@ -133,7 +133,7 @@ def fused_kernels(
             x1c, zc, std1, std2, ia, ib, buf,
             x1.shape[0], z.shape[0],
             torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
-            P=side_p, Q=side_q, SLICES_Q=side_q if gap else 1, EXTENDED=gap,
+            P=side_p, Q=side_q, EXTENDED=gap,
             CHANNELS=channels, RADIUS=rules.radius, SCALE=rules.scale, DEEPEST=deepest,
             DEPTH_MASK=mask, FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric,
             PRECISION=PRECISION, BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,

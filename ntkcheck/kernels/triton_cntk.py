@@ -14,11 +14,10 @@ so it runs on the tensor cores.  Their operands have 11 significant bits (fp16, 
 float32 operands); splitting X = hi + lo, with hi the top 11 bits and lo the rest, gives
 X C = hi C + lo C with every product exact (C is 0/1) and only lo's last bits lost, ~2^-22
 relative per patch sum instead of 2^-11.  fp16 (``PRECISION`` 3) does it in half the
-tensor-core instructions of tf32 (2), with its transposes through ldmatrix / stmatrix,
-but only within its range: the caller scales each
-image by a power of two so that its largest std is below 1 (``fused._kernel_inputs``), which
-keeps every field below 2^16 and puts fp16's absolute floor (2^-25) far below the entries
-that matter.
+tensor-core instructions of tf32 (2), with its transposes through ldmatrix / stmatrix, but
+only within its range: the caller scales each image by a power of two so that its largest
+std is below 1 (``fused._kernel_inputs``), which keeps every field below 2^16 and puts
+fp16's absolute floor (2^-25) far below the entries that matter.
 
 Data movement is what limits this kernel, so each patch sum is arranged to move little:
 the field always enters a product as its left operand, where an mma accumulator already
@@ -131,29 +130,21 @@ def _patch_sum_transposed(x, cols, rows, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _offsets(P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-             ROW: tl.constexpr, FLIPPED: tl.constexpr):
-    """Offsets i ROW + j of the entries of a field in a plane of row length ROW, and which of
-    them lie inside the image: (BP, BQ) tensors, or (BQ, BP) ones (j, i) if FLIPPED.  (On
-    sm_90 the compiler still rebuilds a 64-bit address per entry and layer from them.)"""
+def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+                ROW: tl.constexpr, FLIPPED: tl.constexpr):
+    """The (i, j) plane at ptr (row length ROW) as a field, zero outside the image: a
+    (BP, BQ) tensor, or a (BQ, BP) one (j, i) if FLIPPED.  (On sm_90 the compiler rebuilds
+    a 64-bit address per entry and layer from these offsets.)"""
     if FLIPPED:
         j = tl.arange(0, BQ)[:, None]
         i = tl.arange(0, BP)[None, :]
     else:
         i = tl.arange(0, BP)[:, None]
         j = tl.arange(0, BQ)[None, :]
-    return i * ROW + j, (i < P) & (j < Q)
-
-
-@triton.jit
-def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-                ROW: tl.constexpr, FLIPPED: tl.constexpr):
-    """The (i, j) plane at ptr (row length ROW) as a field, zero outside the image."""
-    offsets, inside = _offsets(P, Q, BP, BQ, ROW, FLIPPED)
     if BP == P and BQ == Q:
-        return tl.load(ptr + offsets)
+        return tl.load(ptr + i * ROW + j)
     else:
-        return tl.load(ptr + offsets, mask=inside, other=0.0)
+        return tl.load(ptr + i * ROW + j, mask=(i < P) & (j < Q), other=0.0)
 
 
 @triton.jit
@@ -210,7 +201,7 @@ def _layer(
 def cntk_slices(
     x1_ptr, x2_ptr, std1_ptr, std2_ptr, rows_ptr, cols_ptr, out_ptr,
     n1, n2, tiny, snap,
-    P: tl.constexpr, Q: tl.constexpr, SLICES_Q: tl.constexpr, EXTENDED: tl.constexpr,
+    P: tl.constexpr, Q: tl.constexpr, EXTENDED: tl.constexpr,
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
@@ -228,8 +219,8 @@ def cntk_slices(
     sl = tl.program_id(1)
     a = tl.load(rows_ptr + pair).to(tl.int64)
     b = tl.load(cols_ptr + pair).to(tl.int64)
-    ki = sl // SLICES_Q
-    kj = sl % SLICES_Q
+    ki = sl // Q  # flatten's only slice, sl = 0, is ki = kj = 0
+    kj = sl % Q
     R: tl.constexpr = 2 * P if EXTENDED else P
     S: tl.constexpr = 2 * Q if EXTENDED else Q
     plane = R * S
