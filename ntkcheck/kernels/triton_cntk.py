@@ -45,24 +45,32 @@ _ACOS = tl.constexpr((1.5707963705062866, -0.21459989249706268, 0.08899926394224
                       0.007245398126542568, -0.0014414644101634622))
 _PI = tl.constexpr(3.141592653589793)
 _TF32_MASK = tl.constexpr(-8192)  # 0xFFFFE000: keeps sign, exponent and 10 mantissa bits
+_SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000
 
 
 @triton.jit
-def _scaled_angle(rho, w, FACTOR: tl.constexpr):
-    """FACTOR * theta, theta = arccos(-rho) = pi - arccos(rho), from rho in [-1, 1] and
-    w = 1 - |rho| (FACTOR folds into the coefficients)."""
+def _scaled_angle(rho, w, FACTOR: tl.constexpr, SIGNED: tl.constexpr):
+    """FACTOR * theta for theta = arccos(-rho) = pi - arccos|rho| for rho >= 0, from rho in
+    [-1, 1] and w = 1 - |rho| (FACTOR folds into the coefficients).  SIGNED: rho may be
+    negative, theta = pi/2 + sign(rho) (pi/2 - arccos|rho|), a sign flip and an addition
+    more (cheaper than a select on the sign)."""
     a = tl.abs(rho)
     p = _ACOS[7] * FACTOR
     for n in tl.static_range(6, -1, -1):
         p = p * a + _ACOS[n] * FACTOR
-    acos_a = tl.sqrt(w) * p  # FACTOR * arccos(|rho|)
-    return tl.where(rho >= 0, FACTOR * _PI - acos_a, acos_a)
+    if SIGNED:
+        half = FACTOR * _PI / 2
+        t = half - tl.sqrt(w) * p  # FACTOR (pi/2 - arccos|rho|), >= 0 up to rounding
+        flipped = t.to(tl.int32, bitcast=True) ^ (rho.to(tl.int32, bitcast=True) & _SIGN_BIT)
+        return half + flipped.to(tl.float32, bitcast=True)
+    else:
+        return FACTOR * _PI - tl.sqrt(w) * p
 
 
 @triton.jit
 def relu_angle(rho):
     """theta = arccos(-rho) = pi - arccos(rho) for rho in [-1, 1]."""
-    return _scaled_angle(rho, 1.0 - tl.abs(rho), 1.0)
+    return _scaled_angle(rho, 1.0 - tl.abs(rho), 1.0, True)
 
 
 @triton.jit
@@ -149,24 +157,26 @@ def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.
 
 @triton.jit
 def _activation(
-    sigma, theta, h, std1, std2, layer1, layer2, limit, tiny, out,
+    sigma, theta, h, std1, std2, layer1, layer2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
-    FLIPPED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
+    FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
     storing the readouts of depth h + 1 if it is requested.  std1 / std2 point at the two
     images' std planes of layer 0 (std2 shifted to the slice's partner positions), layer1 /
-    layer2 are the strides between layers; |rho| >= limit is snapped to +-1."""
+    layer2 are the strides between layers; w = 1 - |rho| <= snap_at is snapped to 0."""
     s1 = _load_field(std1 + (h - 1) * layer1, P, Q, BP, BQ, ROW, FLIPPED)
     s2 = _load_field(std2 + (h - 1) * layer2, P, Q, BP, BQ, ROW, FLIPPED)
     norm = s1 * s2
     # one approximate reciprocal square root instead of a full-range division: the caller
     # keeps every std below 1, so norm^2 cannot overflow
     rho = sigma * tl.rsqrt(tl.maximum(norm * norm, tiny))
-    rho = tl.where(tl.abs(rho) >= limit, tl.where(rho > 0, 1.0, -1.0), rho)
+    # rho = +-1 where it is within snap_at of it (the angle's slope is infinite there); the
+    # linear terms keep rho as it is, which differs from +-1 by no more than snap_at
     w = 1.0 - tl.abs(rho)
-    kdot = _scaled_angle(rho, w, SCALE / (2 * _PI))  # K-dot^(h) = scale theta / (2 pi)
+    w = tl.where(w > snap_at, w, 0.0)
+    kdot = _scaled_angle(rho, w, SCALE / (2 * _PI), SIGNED)  # K-dot^(h) = scale theta / (2 pi)
     # scale sqrt(1 - rho^2) / (2 pi) with the factors kept apart, so that it keeps its digits
     # near rho = +-1
     sine = tl.sqrt(w * ((SCALE / (2 * _PI)) ** 2 * (1.0 + tl.abs(rho))))
@@ -184,15 +194,16 @@ def _activation(
 
 @triton.jit
 def _layer(
-    sigma, theta, h, first, second, std1, std2, layer1, layer2, limit, tiny, out,
+    sigma, theta, h, first, second, std1, std2, layer1, layer2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
-    FLIPPED: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
-    DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
+    FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr,
+    PRECISION: tl.constexpr, DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr,
+    FIX_FIRST_LAST: tl.constexpr,
 ):
     """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)) transposed."""
     k, propagated = _activation(
-        sigma, theta, h, std1, std2, layer1, layer2, limit, tiny, out, P, Q, BP, BQ, ROW,
-        FLIPPED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+        sigma, theta, h, std1, std2, layer1, layer2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
+        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
     return (_patch_sum_transposed(k, first, second, PRECISION),
             _patch_sum_transposed(propagated + k, first, second, PRECISION))
 
@@ -242,33 +253,47 @@ def cntk_slices(
         theta = tl.zeros((BP, BQ), tl.float32)
     else:
         theta = sigma
-    # A Gram's own pairs at displacement 0 have rho = 1 exactly; say so (limit 0: every rho,
-    # all >= 0 there, snaps to 1) rather than rely on the fused sums matching the per-image
-    # stds bit for bit (arccos' slope is infinite there).  Where a std is 0 the fields are 0
-    # too, and rho = 0 snaps to -1, which also gives K = K-dot Theta = 0.
-    limit = tl.where((a == b) & (sl == 0) & SYMMETRIC, 0.0, 1.0 - snap)
+    # A Gram's own pairs at displacement 0 have rho = 1 exactly; say so (every w <= 2 snaps
+    # to 0) rather than rely on the fused sums matching the per-image stds bit for bit.
+    # Where a std is 0 the fields are 0 too, and so are K = (sin + K-dot rho) norm and
+    # K-dot Theta, snapped or not.
+    snap_at = tl.where((a == b) & (sl == 0) & SYMMETRIC, 2.0, snap)
 
     std1 = std1_ptr + a * plane
     std2 = std2_ptr + b * plane + shift
     layer1 = n1 * plane
     layer2 = n2 * plane
     out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
-    # Layers h = 1 .. DEEPEST - 1; all but the last end in a patch sum, two per iteration
-    # so that the loop carries natural fields.
-    for h in range(1, DEEPEST - 2, 2):
-        sigma_t, theta_t = _layer(
-            sigma, theta, h, cols, rows, std1, std2, layer1, layer2, limit, tiny, out,
-            P, Q, BP, BQ, S, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+    # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum that transposes:
+    # layer h finds natural fields for odd h, flipped ones for even h.  Only layer 1 can
+    # meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is the only SIGNED one, outside the
+    # loop, which then takes two layers per iteration and carries flipped fields.
+    if DEEPEST == 2:
+        _activation(sigma, theta, 1, std1, std2, layer1, layer2, snap_at, tiny, out,
+                    P, Q, BP, BQ, S, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+    else:
         sigma, theta = _layer(
-            sigma_t, theta_t, h + 1, rows, cols, std1, std2, layer1, layer2, limit, tiny, out,
-            P, Q, BP, BQ, S, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
-    if DEEPEST % 2 == 0:  # the last layer finds natural fields
-        _activation(sigma, theta, DEEPEST - 1, std1, std2, layer1, layer2, limit, tiny, out,
-                    P, Q, BP, BQ, S, False, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
-    else:  # one more patch-summing layer, then the last one on flipped fields
-        sigma_t, theta_t = _layer(
-            sigma, theta, DEEPEST - 2, cols, rows, std1, std2, layer1, layer2, limit, tiny,
-            out, P, Q, BP, BQ, S, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+            sigma, theta, 1, cols, rows, std1, std2, layer1, layer2, snap_at, tiny, out,
+            P, Q, BP, BQ, S, False, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
             FIX_FIRST_LAST)
-        _activation(sigma_t, theta_t, DEEPEST - 1, std1, std2, layer1, layer2, limit, tiny,
-                    out, P, Q, BP, BQ, S, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+        for h in range(2, DEEPEST - 2, 2):
+            sigma_n, theta_n = _layer(
+                sigma, theta, h, rows, cols, std1, std2, layer1, layer2, snap_at, tiny, out,
+                P, Q, BP, BQ, S, True, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+                FIX_FIRST_LAST)
+            sigma, theta = _layer(
+                sigma_n, theta_n, h + 1, cols, rows, std1, std2, layer1, layer2, snap_at,
+                tiny, out, P, Q, BP, BQ, S, False, False, SCALE, PRECISION, DEEPEST,
+                DEPTH_MASK, FIX_FIRST_LAST)
+        if DEEPEST % 2 == 1:  # the last layer is even: flipped fields
+            _activation(sigma, theta, DEEPEST - 1, std1, std2, layer1, layer2, snap_at, tiny,
+                        out, P, Q, BP, BQ, S, True, False, SCALE, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST)
+        else:  # one more patch-summing layer, then the last one on natural fields
+            sigma_n, theta_n = _layer(
+                sigma, theta, DEEPEST - 2, rows, cols, std1, std2, layer1, layer2, snap_at,
+                tiny, out, P, Q, BP, BQ, S, True, False, SCALE, PRECISION, DEEPEST,
+                DEPTH_MASK, FIX_FIRST_LAST)
+            _activation(sigma_n, theta_n, DEEPEST - 1, std1, std2, layer1, layer2, snap_at,
+                        tiny, out, P, Q, BP, BQ, S, False, False, SCALE, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST)
