@@ -6,7 +6,7 @@ CNTK-GAP with the first and last layer fixed (the paper's setting) and CNTK-V (f
 cross matrices of n1 x n2 pairs; each row is the median of REPEATS timed runs after a
 warm-up (compilation excluded), timed end to end (per-image stds and readout sums included).
 
-    python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--full-cifar-flatten]
+    python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--flatten-n N] [--skip-nt]
 
 writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
 "accuracy": [...], "flatten_all_depths": {...}}.
@@ -81,14 +81,22 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str, **extra) -> d
 
 
 @contextlib.contextmanager
-def variant(precision: int, num_warps: int):
-    """Run the fused kernel with other launch options (module constants, restored after)."""
-    saved = fused.NUM_WARPS, fused.PRECISION
-    fused.NUM_WARPS, fused.PRECISION = num_warps, precision
+def variant(**options: int):
+    """Run the fused kernel with other launch options, named as fused's module constants in
+    lower case (precision=, num_warps=, num_stages=); restored after."""
+    saved = {name: getattr(fused, name.upper()) for name in options}
+    for name, value in options.items():
+        setattr(fused, name.upper(), value)
     try:
         yield
     finally:
-        fused.NUM_WARPS, fused.PRECISION = saved
+        for name, value in saved.items():
+            setattr(fused, name.upper(), value)
+
+
+def launch_options() -> dict[str, int]:
+    return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
+            "num_stages": fused.NUM_STAGES}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -100,7 +108,7 @@ def accuracy(x: torch.Tensor) -> list[dict]:
             arch = arch_for(pooling, 21)
             depths = frozenset((3, 4, 6, 11, 21))
             want = arch._kernels(x1.double(), x2.double(), depths, backend="torch")
-            with variant(precision, fused.NUM_WARPS):
+            with variant(precision=precision):
                 got = arch._kernels(x1, x2, depths, backend="triton")
             for d in sorted(depths):
                 for name in ("ntk", "nngp"):
@@ -206,14 +214,15 @@ def main() -> None:
     x = cifar(64, args.data_root)
     rows = []
     for depth in (11, 21):
-        rows.append(row("triton", "gap", depth, x[:32], x, "triton"))
+        rows.append(row("triton", "gap", depth, x[:32], x, "triton", variant=launch_options()))
         rows.append(row("torch", "gap", depth, x[:4], x[:16], "torch"))
-        rows.append(row("triton", "flatten", depth, x, x, "triton"))
+        rows.append(row("triton", "flatten", depth, x, x, "triton",
+                        variant=launch_options()))
         rows.append(row("torch", "flatten", depth, x, x, "torch"))
-    for precision, warps in ((2, 2), (1, 2), (0, 2)):
-        with variant(precision, warps):
+    for options in ({"num_stages": 3}, {"precision": 2}, {"precision": 1}, {"precision": 0}):
+        with variant(**options):
             rows.append(row("triton", "gap", 11, x[:16], x[:32], "triton",
-                            variant={"precision": precision, "num_warps": warps}))
+                            variant=launch_options()))
     if not args.skip_nt:
         for depth in (11, 21):
             rows.append(neural_tangents(depth, 4, 4))

@@ -66,7 +66,7 @@ def compile_kernel(num_warps: int, precision: int):
     source = ASTSource(fn=fn, signature=signature,
                        constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps, "num_stages": fused.NUM_STAGES})
 
 
 def cuobjdump(*args: str) -> str:
@@ -107,7 +107,8 @@ def count(label: str, num_warps: int, precision: int) -> dict:
     return {
         "label": label, "target": "sm_90", "triton": triton.__version__,
         "kernel": {"image": f"{SIDE}x{SIDE}x{CHANNELS}", "pooling": "gap", "depth": DEPTH,
-                   "num_warps": num_warps, "precision": precision},
+                   "num_warps": num_warps, "num_stages": fused.NUM_STAGES,
+                   "precision": precision},
         "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
         "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1)),
         "shared_bytes": kernel.metadata.shared,

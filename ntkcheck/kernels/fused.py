@@ -27,6 +27,13 @@ NUM_WARPS = 2
 instructions per entry and layer at 2 warps, 196 at 4 (dot operands replicated across
 warps); 1 spills.  The image sides are compile-time constants (a kernel per image size)."""
 
+NUM_STAGES = 2
+"""Software-pipelining depth of the layer loop: the std planes of the next loop turn (two
+layers) are fetched into shared memory during this one.  2 needs 20 KB of shared memory
+per program, Triton's default 3 needs 36 KB, which, with 168 registers, is at the edge of
+the six programs an H100 SM holds; 1 (plain loads, stalls) costs 54 instructions per entry
+and layer instead of 51."""
+
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
 twice the tensor-core instructions), 1 = plain tf32 (~1e-3 relative error), 0 = exact
@@ -137,6 +144,7 @@ def fused_kernels(
             CHANNELS=channels, RADIUS=rules.radius, SCALE=rules.scale, DEEPEST=deepest,
             DEPTH_MASK=mask, FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric,
             PRECISION=PRECISION, BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
+            num_stages=NUM_STAGES,
         )
         unscale = mean * scale1[ia.long()] * scale2[ib.long()]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
