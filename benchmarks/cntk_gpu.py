@@ -81,9 +81,9 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str, **extra) -> d
 
 
 @contextlib.contextmanager
-def variant(**options: int):
+def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=); restored after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=); restored after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -94,9 +94,9 @@ def variant(**options: int):
             setattr(fused, name.upper(), value)
 
 
-def launch_options() -> dict[str, int]:
+def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
-            "num_stages": fused.NUM_STAGES}
+            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -219,7 +219,8 @@ def main() -> None:
         rows.append(row("triton", "flatten", depth, x, x, "triton",
                         variant=launch_options()))
         rows.append(row("torch", "flatten", depth, x, x, "torch"))
-    for options in ({"num_stages": 3}, {"precision": 2}, {"precision": 1}, {"precision": 0}):
+    for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
+                    {"precision": 1}, {"precision": 0}):
         with variant(**options):
             rows.append(row("triton", "gap", 11, x[:16], x[:32], "triton",
                             variant=launch_options()))

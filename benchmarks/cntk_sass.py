@@ -8,7 +8,8 @@ instructions per cycle), so the shared-memory, shuffle and global counts are the
 drive down; registers and spills set how many programs an SM holds.  A proxy, not a timing:
 benchmarks/cntk_gpu.py measures on a GPU.
 
-    python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P] [--out FILE]
+    python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P]
+                                   [--std-loads tma|pointers] [--out FILE]
 
 adds (or replaces) the row NAME in benchmarks/results/cntk_sass.json (or FILE).  Run it
 with PYTHONPATH pointing at another checkout to count that checkout's kernel.
@@ -50,19 +51,22 @@ UNITS = {
 }
 
 
-def argument_type(name: str) -> str:
+def argument_type(name: str, tma: bool) -> str:
     if name in ("rows_ptr", "cols_ptr"):
         return "*i32"
-    if name.endswith("_ptr"):
+    if name in ("std1", "std2") and tma:
+        return f"tensordesc<fp32[1, 1, 1, {CONSTANTS['BP']}, {CONSTANTS['BQ']}]>"
+    if name.endswith("_ptr") or name in ("std1", "std2"):
         return "*fp32"
     return "fp32" if name in ("scale", "tiny", "snap") else "i32"
 
 
-def compile_kernel(num_warps: int, precision: int):
+def compile_kernel(num_warps: int, precision: int, tma: bool):
     fn = triton_cntk.cntk_slices
-    constants = {**CONSTANTS, "PRECISION": precision}
+    constants = {**CONSTANTS, "PRECISION": precision, "TMA": tma}
     constants = {k: v for k, v in constants.items() if k in fn.arg_names}
-    signature = {n: "constexpr" if n in constants else argument_type(n) for n in fn.arg_names}
+    signature = {n: "constexpr" if n in constants else argument_type(n, tma)
+                 for n in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature,
                        constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -90,8 +94,8 @@ def loop_opcodes(sass: str) -> collections.Counter:
                                for address, text in code if start <= address <= end)
 
 
-def count(label: str, num_warps: int, precision: int) -> dict:
-    kernel = compile_kernel(num_warps, precision)
+def count(label: str, num_warps: int, precision: int, tma: bool) -> dict:
+    kernel = compile_kernel(num_warps, precision, tma)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
         cubin.flush()
@@ -108,7 +112,7 @@ def count(label: str, num_warps: int, precision: int) -> dict:
         "label": label, "target": "sm_90", "triton": triton.__version__,
         "kernel": {"image": f"{SIDE}x{SIDE}x{CHANNELS}", "pooling": "gap", "depth": DEPTH,
                    "num_warps": num_warps, "num_stages": fused.NUM_STAGES,
-                   "precision": precision},
+                   "precision": precision, "std_loads": "tma" if tma else "pointers"},
         "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
         "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1)),
         "shared_bytes": kernel.metadata.shared,
@@ -124,9 +128,11 @@ def main() -> None:
     parser.add_argument("--label", default="current")
     parser.add_argument("--num-warps", type=int, default=fused.NUM_WARPS)
     parser.add_argument("--precision", type=int, default=fused.PRECISION)
+    parser.add_argument("--std-loads", choices=("tma", "pointers"), default="tma",
+                        help="how the std planes are read (fused.STD_LOADS; tma on sm_90)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cntk_sass.json")
     args = parser.parse_args()
-    row = count(args.label, args.num_warps, args.precision)
+    row = count(args.label, args.num_warps, args.precision, args.std_loads == "tma")
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     rows = [r for r in rows if r["label"] != args.label] + [row]
     args.out.write_text(json.dumps({"benchmark": "cntk_sass", "rows": rows}, indent=1) + "\n")

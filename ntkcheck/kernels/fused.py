@@ -28,16 +28,24 @@ instructions per entry and layer at 2 warps, 196 at 4 (dot operands replicated a
 warps); 1 spills.  The image sides are compile-time constants (a kernel per image size)."""
 
 NUM_STAGES = 2
-"""Software-pipelining depth of the layer loop: the std planes of the next loop turn (two
+"""Software-pipelining depth of the layer loop: the std windows of the next loop turn (two
 layers) are fetched into shared memory during this one.  2 needs 20 KB of shared memory
-per program, Triton's default 3 needs 36 KB, which, with 168 registers, is at the edge of
-the six programs an H100 SM holds; 1 (plain loads, stalls) costs 54 instructions per entry
-and layer instead of 51."""
+per program; Triton's default 3 needs 36 KB, which would cap an H100 SM at six programs
+where the 128 registers of the TMA path allow eight.  1 (no prefetch) stalls on every
+layer's loads."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
 twice the tensor-core instructions), 1 = plain tf32 (~1e-3 relative error), 0 = exact
 float32 products on the CUDA cores (slow); see ``triton_cntk``."""
+
+STD_LOADS = "auto"
+"""How the kernel reads the per-image std planes each layer: "tma" (tensor descriptors: one
+tensor-memory-access copy of the window per layer, no per-entry addresses; 46 instructions
+per entry and layer and 128 registers on sm_90, against 51 and 168), "pointers" (a 64-bit
+address per entry and layer; the faster way before sm_90, where Triton emulates descriptor
+loads with bounds checks and spills: 77 instructions on sm_80), or "auto": TMA on compute
+capability 9.0 and later, and under the interpreter."""
 
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
@@ -68,31 +76,44 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
     return None
 
 
+def _use_tma(device: torch.device) -> bool:
+    if STD_LOADS == "auto":
+        return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
+    return STD_LOADS == "tma"
+
+
 def _block(side: int) -> int:
     return max(16, 1 << (side - 1).bit_length())
 
 
 def _kernel_inputs(
-    rules: ConvSamePosition, x: torch.Tensor, activations: int, extended: bool
+    rules: ConvSamePosition, x: torch.Tensor, activations: int, extended: bool, copies: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x', stds', scales) as ``triton_cntk.cntk_slices`` takes them: each image times the
     power of two ``scales`` that puts its largest std (over positions and layers) in
-    [1/2, 1), and its (activations, n, P, Q) stds likewise, computed in float64 and stored
-    in float32; with ``extended``, every plane repeated twice along both axes.
+    [1/2, 1), and its stds likewise, computed in float64 and stored in float32 as
+    (copies, n, activations, R, S') planes, copy c shifted left by c columns, rows padded to
+    S' (a multiple of 4: TMA wants strides and window starts on 16 bytes).  With
+    ``extended``, every plane (and image) is repeated twice along both axes, R x S =
+    2P x 2Q; else R x S = P x Q.
 
     The kernels are bilinear in the two images, so the readouts of a pair come back
     divided by both scales, exactly (powers of two); in between, every field of the
     recursion stays below 2^16, as fp16 products need (its NNGP entries are within the
     product of two stds, Cauchy-Schwarz, and each NTK layer adds at most one NNGP's worth).
     A zero image keeps scale 1."""
-    stds = torch.stack(image_stds(rules, x.double(), activations))
-    _, exponent = torch.frexp(stds.amax(dim=(0, 2, 3)))  # largest = m 2^e, m in [1/2, 1)
+    stds = torch.stack(image_stds(rules, x.double(), activations), dim=1)
+    _, exponent = torch.frexp(stds.amax(dim=(1, 2, 3)))  # largest = m 2^e, m in [1/2, 1)
     scales = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), -exponent)
-    stds = (stds * scales[None, :, None, None]).to(torch.float32)
+    stds = (stds * scales[:, None, None, None]).to(torch.float32)
     x = x * scales.to(x.dtype)[:, None, None, None]
     if extended:
         x, stds = x.repeat(1, 1, 2, 2), stds.repeat(1, 1, 2, 2)
-    return x.contiguous(), stds.contiguous(), scales
+    width = stds.shape[-1]
+    planes = stds.new_zeros(copies, *stds.shape[:-1], -(-width // 4) * 4)
+    for shift in range(copies):
+        planes[shift, ..., :width - shift] = stds[..., shift:]
+    return x.contiguous(), planes, scales
 
 
 def fused_kernels(
@@ -111,16 +132,26 @@ def fused_kernels(
     Same meaning as ``recursion.kernels``; ``max_memory`` bounds the per-slice readout
     buffer of a launch.
     """
-    from . import triton_cntk  # imported here: triton is optional
+    from triton.tools.tensor_descriptor import TensorDescriptor  # triton is optional
+
+    from . import triton_cntk
 
     rules = ConvSamePosition(filter_size)  # its per-image rule serves both readouts
     deepest = max(depths)
     symmetric = x2 is None
     z = x1 if x2 is None else x2
-    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap)
-    zc, std2, scale2 = ((x1c, std1, scale1) if symmetric
-                        else _kernel_inputs(rules, z, deepest - 1, gap))
     channels, side_p, side_q = x1.shape[1:]
+    tma = _use_tma(x1.device)
+    copies = 4 if tma and gap else 1  # a GAP slice shifts std2 by any number of columns
+    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap,
+                                       copies if symmetric else 1)
+    zc, std2, scale2 = ((x1c, std1, scale1) if symmetric
+                        else _kernel_inputs(rules, z, deepest - 1, gap, copies))
+    std_plane = std1.stride(2)
+    if tma:
+        width = x1c.shape[-1]
+        block = [1, 1, 1, _block(side_p), _block(side_q)]
+        std1, std2 = (TensorDescriptor.from_tensor(s[..., :width], block) for s in (std1, std2))
     slices = side_p * side_q if gap else 1
     mean = float(side_p * side_q) ** 2 if gap else 1.0
     slot_bytes = slices * 2 * (deepest + 1) * 4
@@ -137,14 +168,13 @@ def fused_kernels(
         ia, ib = aa[keep].to(torch.int32), bb[keep].to(torch.int32)
         buf = torch.empty(ia.numel(), slices, 2, deepest + 1, device=device)
         triton_cntk.cntk_slices[(ia.numel(), slices)](
-            x1c, zc, std1, std2, ia, ib, buf,
-            x1.shape[0], z.shape[0],
+            x1c, zc, std1, std2, ia, ib, buf, std_plane,
             torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
             P=side_p, Q=side_q, EXTENDED=gap,
             CHANNELS=channels, RADIUS=rules.radius, SCALE=rules.scale, DEEPEST=deepest,
             DEPTH_MASK=mask, FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric,
-            PRECISION=PRECISION, BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS,
-            num_stages=NUM_STAGES,
+            PRECISION=PRECISION, TMA=tma, BP=_block(side_p), BQ=_block(side_q),
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         unscale = mean * scale1[ia.long()] * scale2[ib.long()]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)

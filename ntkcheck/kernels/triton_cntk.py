@@ -28,8 +28,12 @@ between fields laid out (i, j) and (j, i), with R and C swapping roles.
 
 Per-image stds sqrt(Sigma^(h)(x, x)) come in from the torch reference (``image_stds``).
 For GAP they and the images come as planes repeated twice along each axis, so that a
-slice's partner positions (i + ki) mod P, (j + kj) mod Q sit one fixed shift away and every
-address of a layer's loads is that of the plane plus a constant.
+slice's partner positions (i + ki) mod P, (j + kj) mod Q sit one fixed shift away.  Each
+layer reads its two std windows either by TMA (tensor descriptors, sm_90: one copy into
+shared memory per window, read in either layout; a window must start on 16 bytes, so std2
+comes in four copies shifted by 0..3 columns) or through per-entry pointers, for which the
+compiler rebuilds a 64-bit address per entry and layer (4 more instructions per entry and
+layer, 40 more registers).
 """
 
 from __future__ import annotations
@@ -141,8 +145,7 @@ def _patch_sum_transposed(x, cols, rows, PRECISION: tl.constexpr):
 def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
                 ROW: tl.constexpr, FLIPPED: tl.constexpr):
     """The (i, j) plane at ptr (row length ROW) as a field, zero outside the image: a
-    (BP, BQ) tensor, or a (BQ, BP) one (j, i) if FLIPPED.  (On sm_90 the compiler rebuilds
-    a 64-bit address per entry and layer from these offsets.)"""
+    (BP, BQ) tensor, or a (BQ, BP) one (j, i) if FLIPPED."""
     if FLIPPED:
         j = tl.arange(0, BQ)[:, None]
         i = tl.arange(0, BP)[None, :]
@@ -156,18 +159,55 @@ def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.
 
 
 @triton.jit
+def _load_std(at, layer, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
+              BQ: tl.constexpr, ROW: tl.constexpr, FLIPPED: tl.constexpr, TMA: tl.constexpr):
+    """One image's std field of one layer at a slice's positions, as ``_load_field``.  TMA:
+    at = (descriptor, copy, image, row, col), one tensor-memory-access copy of the window
+    into shared memory (no per-entry addresses); else at = (layer-0 pointer, layer stride)."""
+    if TMA:
+        desc, copy, image, row, col = at
+        v = tl.reshape(desc.load([copy, image, layer, row, col]), (BP, BQ))
+        if BP != P or BQ != Q:
+            i = tl.arange(0, BP)[:, None]
+            j = tl.arange(0, BQ)[None, :]
+            v = tl.where((i < P) & (j < Q), v, 0.0)
+        if FLIPPED:
+            return tl.trans(v)
+        else:
+            return v
+    else:
+        ptr, stride = at
+        return _load_field(ptr + layer * stride, P, Q, BP, BQ, ROW, FLIPPED)
+
+
+@triton.jit
+def _std_windows(std1, std2, a, b, ki, kj, plane, LAYERS: tl.constexpr, ROW: tl.constexpr,
+                 TMA: tl.constexpr):
+    """Where ``_load_std`` finds image a's std field and image b's at the partner positions
+    of slice (ki, kj).  TMA: std2's copy shifted by kj % 4 columns, so that the window
+    starts on 16 bytes.  Else pointers, with ``plane`` (the layer stride) a run-time value:
+    a compile-time one lets the compiler keep a 64-bit address per entry across layers
+    (255 registers instead of 168)."""
+    if TMA:
+        return (std1, 0, a, 0, 0), (std2, kj % 4, b, ki, kj - kj % 4)
+    else:
+        return ((std1 + a.to(tl.int64) * LAYERS * plane, plane),
+                (std2 + b.to(tl.int64) * LAYERS * plane + ki * ROW + kj, plane))
+
+
+@triton.jit
 def _activation(
-    sigma, theta, h, std1, std2, layer1, layer2, snap_at, tiny, out,
+    sigma, theta, h, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
-    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
+    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
-    storing the readouts of depth h + 1 if it is requested.  std1 / std2 point at the two
-    images' std planes of layer 0 (std2 shifted to the slice's partner positions), layer1 /
-    layer2 are the strides between layers; w = 1 - |rho| <= snap_at is snapped to 0."""
-    s1 = _load_field(std1 + (h - 1) * layer1, P, Q, BP, BQ, ROW, FLIPPED)
-    s2 = _load_field(std2 + (h - 1) * layer2, P, Q, BP, BQ, ROW, FLIPPED)
+    storing the readouts of depth h + 1 if it is requested.  at1 / at2 locate the two
+    images' std windows (``_load_std``; at2 at the slice's partner positions), ROW is
+    their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
+    s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
+    s2 = _load_std(at2, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
     norm = s1 * s2
     # one approximate reciprocal square root instead of a full-range division: the caller
     # keeps every std below 1, so norm^2 cannot overflow
@@ -194,42 +234,44 @@ def _activation(
 
 @triton.jit
 def _layer(
-    sigma, theta, h, first, second, std1, std2, layer1, layer2, snap_at, tiny, out,
+    sigma, theta, h, first, second, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr,
     PRECISION: tl.constexpr, DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr,
+    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
 ):
     """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)) transposed."""
     k, propagated = _activation(
-        sigma, theta, h, std1, std2, layer1, layer2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
-        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+        sigma, theta, h, at1, at2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
+        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA)
     return (_patch_sum_transposed(k, first, second, PRECISION),
             _patch_sum_transposed(propagated + k, first, second, PRECISION))
 
 
 @triton.jit
 def cntk_slices(
-    x1_ptr, x2_ptr, std1_ptr, std2_ptr, rows_ptr, cols_ptr, out_ptr,
-    n1, n2, tiny, snap,
+    x1_ptr, x2_ptr, std1, std2, rows_ptr, cols_ptr, out_ptr,
+    std_plane, tiny, snap,
     P: tl.constexpr, Q: tl.constexpr, EXTENDED: tl.constexpr,
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
-    PRECISION: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
 
-    x1 (n1, C, R, S), x2 (n2, C, R, S); std1 (DEEPEST - 1, n1, R, S), std2 likewise, with
-    (R, S) = (P, Q), or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so
-    that a slice's partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj,
-    one fixed shift away (needed unless the only slice is ki = kj = 0).  rows / cols: the
-    pair's image indices; grid (pairs, slices).
+    x1 (n1, C, R, S), x2 (n2, C, R, S); std1 / std2 the (copies, n, DEEPEST - 1, R, S')
+    stds of ``fused._kernel_inputs`` (S' = S padded to a multiple of 4), as tensor
+    descriptors with (1, 1, 1, BP, BQ) windows if TMA, else as pointers; (R, S) = (P, Q),
+    or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so that a slice's
+    partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj, one fixed shift
+    away (needed unless the only slice is ki = kj = 0).  rows / cols: the pair's image
+    indices; grid (pairs, slices).
     """
     pair = tl.program_id(0)
     sl = tl.program_id(1)
-    a = tl.load(rows_ptr + pair).to(tl.int64)
-    b = tl.load(cols_ptr + pair).to(tl.int64)
+    a = tl.load(rows_ptr + pair)
+    b = tl.load(cols_ptr + pair)
     ki = sl // Q  # flatten's only slice, sl = 0, is ki = kj = 0
     kj = sl % Q
     R: tl.constexpr = 2 * P if EXTENDED else P
@@ -244,9 +286,11 @@ def cntk_slices(
     # Sigma^(0): patch sum of sum_c x_c(i, j) z_c(i', j'), summed flipped so that it comes
     # out natural; Theta^(0) = Sigma^(0) or 0.
     raw = tl.zeros((BQ, BP), tl.float32)
+    image1 = x1_ptr + a.to(tl.int64) * CHANNELS * plane
+    image2 = x2_ptr + b.to(tl.int64) * CHANNELS * plane + shift
     for c in tl.static_range(CHANNELS):
-        u = _load_field(x1_ptr + (a * CHANNELS + c) * plane, P, Q, BP, BQ, S, True)
-        v = _load_field(x2_ptr + (b * CHANNELS + c) * plane + shift, P, Q, BP, BQ, S, True)
+        u = _load_field(image1 + c * plane, P, Q, BP, BQ, S, True)
+        v = _load_field(image2 + c * plane, P, Q, BP, BQ, S, True)
         raw += u * v
     sigma = _patch_sum_transposed(raw, rows, cols, PRECISION)
     if FIX_FIRST_LAST:
@@ -259,41 +303,39 @@ def cntk_slices(
     # K-dot Theta, snapped or not.
     snap_at = tl.where((a == b) & (sl == 0) & SYMMETRIC, 2.0, snap)
 
-    std1 = std1_ptr + a * plane
-    std2 = std2_ptr + b * plane + shift
-    layer1 = n1 * plane
-    layer2 = n2 * plane
+    SP: tl.constexpr = (S + 3) // 4 * 4  # std rows are padded to 16 bytes
+    at1, at2 = _std_windows(std1, std2, a, b, ki, kj, std_plane, DEEPEST - 1, SP, TMA)
     out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
     # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum that transposes:
     # layer h finds natural fields for odd h, flipped ones for even h.  Only layer 1 can
     # meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is the only SIGNED one, outside the
     # loop, which then takes two layers per iteration and carries flipped fields.
     if DEEPEST == 2:
-        _activation(sigma, theta, 1, std1, std2, layer1, layer2, snap_at, tiny, out,
-                    P, Q, BP, BQ, S, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST)
+        _activation(sigma, theta, 1, at1, at2, snap_at, tiny, out,
+                    P, Q, BP, BQ, SP, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA)
     else:
         sigma, theta = _layer(
-            sigma, theta, 1, cols, rows, std1, std2, layer1, layer2, snap_at, tiny, out,
-            P, Q, BP, BQ, S, False, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-            FIX_FIRST_LAST)
+            sigma, theta, 1, cols, rows, at1, at2, snap_at, tiny, out,
+            P, Q, BP, BQ, SP, False, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+            FIX_FIRST_LAST, TMA)
         for h in range(2, DEEPEST - 2, 2):
             sigma_n, theta_n = _layer(
-                sigma, theta, h, rows, cols, std1, std2, layer1, layer2, snap_at, tiny, out,
-                P, Q, BP, BQ, S, True, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-                FIX_FIRST_LAST)
+                sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
+                P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+                FIX_FIRST_LAST, TMA)
             sigma, theta = _layer(
-                sigma_n, theta_n, h + 1, cols, rows, std1, std2, layer1, layer2, snap_at,
-                tiny, out, P, Q, BP, BQ, S, False, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST)
+                sigma_n, theta_n, h + 1, cols, rows, at1, at2, snap_at,
+                tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, PRECISION, DEEPEST,
+                DEPTH_MASK, FIX_FIRST_LAST, TMA)
         if DEEPEST % 2 == 1:  # the last layer is even: flipped fields
-            _activation(sigma, theta, DEEPEST - 1, std1, std2, layer1, layer2, snap_at, tiny,
-                        out, P, Q, BP, BQ, S, True, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST)
+            _activation(sigma, theta, DEEPEST - 1, at1, at2, snap_at, tiny,
+                        out, P, Q, BP, BQ, SP, True, False, SCALE, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST, TMA)
         else:  # one more patch-summing layer, then the last one on natural fields
             sigma_n, theta_n = _layer(
-                sigma, theta, DEEPEST - 2, rows, cols, std1, std2, layer1, layer2, snap_at,
-                tiny, out, P, Q, BP, BQ, S, True, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST)
-            _activation(sigma_n, theta_n, DEEPEST - 1, std1, std2, layer1, layer2, snap_at,
-                        tiny, out, P, Q, BP, BQ, S, False, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST)
+                sigma, theta, DEEPEST - 2, rows, cols, at1, at2, snap_at,
+                tiny, out, P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST,
+                DEPTH_MASK, FIX_FIRST_LAST, TMA)
+            _activation(sigma_n, theta_n, DEEPEST - 1, at1, at2, snap_at,
+                        tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST, TMA)
