@@ -56,9 +56,10 @@ def _reproduce(args: argparse.Namespace) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    fix = {None: None, "yes": True, "no": False}[args.fix_first_last]
     table1.reproduce(columns, args.depths, out=args.out, data=args.data, n_train=args.n_train,
                      n_test=args.n_test, device=device, root=args.data_root, tiles=args.tiles,
-                     progress=not args.quiet)
+                     fix_first_last=fix, progress=not args.quiet)
     print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
 
 
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--n-test", type=int, default=None,
                            help="test on the first N test images (default all)")
     reproduce.add_argument("--data-root", default=None, help="folder with the CIFAR-10 files")
+    reproduce.add_argument("--fix-first-last", choices=["yes", "no"], default=None,
+                           help="fix (yes) or train (no) the first and last layer of every "
+                           "column's CNTK (default: CNTK-V trained, CNTK-GAP fixed)")
     reproduce.add_argument("--tiles", default=None,
                            help="keep kernel tiles in this folder, so a column resumes")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")

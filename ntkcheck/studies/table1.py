@@ -5,8 +5,9 @@ column's training images; labels 0.9 for the true class and -0.1 for the others;
 K(test, train) K(train, train)^-1 Y solved in float64 with no ridge (the smallest ridge
 that makes the solve work where it does not: ``KernelRegression(ridge="auto")``), argmax.
 CNTK-V is the flatten CNTK with every layer trained, CNTK-GAP the GAP CNTK with the first
-and last layer fixed; "-2K" trains on the first 2,000 training images; every column tests
-on all 10,000 test images and reads all its depths out of one kernel pass.
+and last layer fixed (``fix_first_last`` overrides either: the paper's code takes the
+choice as an option for both); "-2K" trains on the first 2,000 training images; every
+column tests on all 10,000 test images and reads all its depths out of one kernel pass.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +41,7 @@ DATA = {"jpeg": "cifar10-jpeg", "exact": "cifar10-exact-subset",
 SIZES = {"jpeg": (50_000, 10_000), "exact": (5_085, 1_017), "exact-jpeg": (5_085, 1_017)}
 """(training, test) images each data source holds."""
 FIELDS = ("column", "depth", "accuracy", "paper", "delta", "n_train", "n_test", "data",
-          "device", "seconds", "ridge", "condition")
+          "fix_first_last", "device", "seconds", "ridge", "condition")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ def _count(wanted: int, cap: int | None, available: int) -> int:
     return min(wanted, available, wanted if cap is None else cap)
 
 
+def fixed_first_last(row: dict[str, object]) -> bool:
+    """Whether a row's CNTK had its first and last layer fixed (rows written before the
+    setting was recorded used their column's own)."""
+    recorded = row.get("fix_first_last")
+    if recorded in (None, ""):
+        return COLUMNS[str(row["column"])].fix_first_last
+    return str(recorded) == "True"
+
+
 def _load(data: str, split: str, n: int | None, root: str | None):
     if data == "jpeg":
         return cifar10(split, n, root=root)
@@ -113,7 +123,8 @@ def run_column(
     ``n_train`` / ``n_test`` cap the column's training / test images (default: the column's
     own count and the whole test split).  On CUDA the kernels are computed in float32 (the
     fused kernel), on the CPU in float64; the regression is float64 on ``device``.
-    ``tiles`` keeps the kernel tiles there, so an interrupted column resumes.
+    ``tiles`` keeps the kernel tiles there, so an interrupted column resumes.  (The column's
+    first and last layers are fixed or trained as ``column.fix_first_last`` says.)
     """
     device = torch.device(device)
     train_count = column.n_train if n_train is None else min(column.n_train, n_train)
@@ -125,7 +136,8 @@ def run_column(
     arch = column.architecture(max(depths))
 
     def kernels(x1: torch.Tensor, x2: torch.Tensor | None, part: str) -> dict[int, torch.Tensor]:
-        out = None if tiles is None else Path(tiles) / column.name / part
+        setting = "fixed" if column.fix_first_last else "trained"
+        out = None if tiles is None else Path(tiles) / column.name / setting / part
         return kernel_matrix(arch, x1, x2, depths=depths, kernel="ntk", out=out,
                              tile=TILES[column.pooling], progress=progress)
 
@@ -147,7 +159,7 @@ def run_column(
             "column": column.name, "depth": depth, "accuracy": round(accuracy, 2),
             "paper": paper, "delta": None if paper is None else round(accuracy - paper, 2),
             "n_train": len(labels), "n_test": len(test_labels), "data": DATA[data],
-            "device": device_name(device),
+            "fix_first_last": column.fix_first_last, "device": device_name(device),
             "seconds": round(kernel_seconds + time.perf_counter() - start, 1),
             "ridge": model.ridge_, "condition": f"{model.condition_:.3g}",
         })
@@ -165,12 +177,15 @@ def reproduce(
     device: str = "cpu",
     root: str | None = None,
     tiles: str | os.PathLike[str] | None = None,
+    fix_first_last: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
     """Compute the requested Table 1 cells and write ``out``/table1.csv, table1.md and
-    table1.png.  A column whose cells ``out``/table1.csv already holds for the same data,
-    sizes and depths is not recomputed, so a re-run resumes after the last finished column.
+    table1.png.  ``fix_first_last`` fixes (True) or trains (False) the first and last layer
+    of every column's CNTK instead of the column's own setting (None).  A column whose
+    cells ``out``/table1.csv already holds for the same data, sizes, setting and depths is
+    not recomputed, so a re-run resumes after the last finished column.
     """
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
@@ -183,14 +198,19 @@ def reproduce(
     rows = read_rows(csv_path)
     for name in columns:
         column = COLUMNS[name]
+        if fix_first_last is not None:
+            column = replace(column, fix_first_last=fix_first_last)
         sizes = (_count(column.n_train, n_train, SIZES[data][0]),
                  _count(SIZES[data][1], n_test, SIZES[data][1]))
         done = {int(r["depth"]) for r in rows if r["column"] == name and r["data"] == DATA[data]
-                and (int(r["n_train"]), int(r["n_test"])) == sizes}
+                and (int(r["n_train"]), int(r["n_test"])) == sizes
+                and fixed_first_last(r) == column.fix_first_last}
         if set(depths) <= done:
             log(f"{name}: already in {csv_path}, skipped")
             continue
-        log(f"{name}: {column.pooling} CNTK, depths {sorted(depths)}, on {device}")
+        setting = "fixed" if column.fix_first_last else "trained"
+        log(f"{name}: {column.pooling} CNTK, first and last layer {setting}, "
+            f"depths {sorted(depths)}, on {device}")
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
                          device=device, root=root, tiles=tiles, progress=progress)
         rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .table1 import COLUMNS, PAPER
+from .table1 import COLUMNS, PAPER, fixed_first_last
 
 CAVEAT = (
     "Data: `cifar10-jpeg` is the JPEG re-encoding of CIFAR-10 in `../shared/data` (mean "
@@ -41,7 +41,8 @@ def write_markdown(rows: Sequence[dict[str, object]], path: Path) -> None:
             entries.append(f"{ours:.2f} | {paper if paper is not None else '-'} | {delta}")
         lines.append(f"| {depth} | " + " | ".join(entries) + " |")
     lines += ["", "Per column: " + "; ".join(
-        f"{c}: {r['n_train']} train / {r['n_test']} test images, {r['data']}, {r['device']}"
+        f"{c}: {r['n_train']} train / {r['n_test']} test images, {r['data']}, first and last "
+        f"layer {'fixed' if fixed_first_last(r) else 'trained'}, {r['device']}"
         for c in columns for r in [next(r for k, r in cells.items() if k[0] == c)]) + ".",
         "", CAVEAT, ""]
     path.write_text("\n".join(lines))

@@ -60,6 +60,29 @@ def test_a_rerun_skips_finished_columns(tmp_path, monkeypatch, capsys):
               "--out", out])
 
 
+def test_fix_first_last_overrides_the_column(tmp_path, monkeypatch):
+    out = str(tmp_path / "t1")
+    assert main([*TINY, "--columns", "CNTK-V-2K", "--fix-first-last", "yes", "--out", out]) == 0
+    with (tmp_path / "t1" / "table1.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fix_first_last"] for r in rows] == ["True", "True"]
+    assert "first and last layer fixed" in (tmp_path / "t1" / "table1.md").read_text()
+    train, labels = nc.data.cifar10("train", 6)
+    test, test_labels = nc.data.cifar10("test", 5)
+    x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
+    arch = nc.CNN(depth=3, pooling="flatten", fix_first_last=True)
+    f = arch.ntk(z, x).numpy() @ np.linalg.solve(arch.ntk(x).numpy(), np.eye(10)[labels] - 0.1)
+    assert float(rows[0]["accuracy"]) == pytest.approx(100 * np.mean(f.argmax(1) == test_labels))
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("recomputed a finished column")
+
+    monkeypatch.setattr(table1, "run_column", no_recompute)
+    assert main([*TINY, "--columns", "CNTK-V-2K", "--fix-first-last", "yes", "--out", out]) == 0
+    with pytest.raises(AssertionError, match="recomputed"):  # the column's own setting differs
+        main([*TINY, "--columns", "CNTK-V-2K", "--out", out])
+
+
 @pytest.mark.parametrize("bad", [
     ["--columns", "CNTK-X"], ["--depths", "2,3"], ["--n-train", "0"], ["--n-test", "-1"]])
 def test_bad_values_give_one_line_errors(tmp_path, capsys, bad):
@@ -68,7 +91,8 @@ def test_bad_values_give_one_line_errors(tmp_path, capsys, bad):
     assert len(err) == 1 and err[0].startswith("ntkcheck: error: ") and bad[0][2:5] in err[0]
 
 
-@pytest.mark.parametrize("bad", [["--depths", "3,a"], ["--data", "png"], ["table2"]])
+@pytest.mark.parametrize("bad", [["--depths", "3,a"], ["--data", "png"], ["table2"],
+                                 ["--fix-first-last", "maybe"]])
 def test_malformed_arguments_are_usage_errors(tmp_path, capsys, bad):
     argv = ["reproduce", *bad] if bad == ["table2"] else [*TINY, "--out", str(tmp_path), *bad]
     with pytest.raises(SystemExit) as exit_:
