@@ -53,6 +53,11 @@ class Column:
     fix_first_last: bool
     n_train: int
 
+    @property
+    def first_last(self) -> str:
+        """What its first and last layer are: "fixed" or "trained"."""
+        return "fixed" if self.fix_first_last else "trained"
+
     def architecture(self, depth: int) -> CNN:
         return CNN(depth=depth, pooling=self.pooling, filter_size=3,
                    fix_first_last=self.fix_first_last)
@@ -136,8 +141,7 @@ def run_column(
     arch = column.architecture(max(depths))
 
     def kernels(x1: torch.Tensor, x2: torch.Tensor | None, part: str) -> dict[int, torch.Tensor]:
-        setting = "fixed" if column.fix_first_last else "trained"
-        out = None if tiles is None else Path(tiles) / column.name / setting / part
+        out = None if tiles is None else Path(tiles) / column.name / column.first_last / part
         return kernel_matrix(arch, x1, x2, depths=depths, kernel="ntk", out=out,
                              tile=TILES[column.pooling], progress=progress)
 
@@ -208,8 +212,7 @@ def reproduce(
         if set(depths) <= done:
             log(f"{name}: already in {csv_path}, skipped")
             continue
-        setting = "fixed" if column.fix_first_last else "trained"
-        log(f"{name}: {column.pooling} CNTK, first and last layer {setting}, "
+        log(f"{name}: {column.pooling} CNTK, first and last layer {column.first_last}, "
             f"depths {sorted(depths)}, on {device}")
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
                          device=device, root=root, tiles=tiles, progress=progress)
