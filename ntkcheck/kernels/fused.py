@@ -42,7 +42,7 @@ float32 products on the CUDA cores (slow); see ``triton_cntk``."""
 STD_LOADS = "auto"
 """How the kernel reads the per-image std planes each layer: "tma" (tensor descriptors: one
 tensor-memory-access copy of the window per layer, no per-entry addresses; 46 instructions
-per entry and layer and 128 registers on sm_90, against 51 and 168), "pointers" (a 64-bit
+per entry and layer and 128 registers on sm_90, against 50 and 167), "pointers" (a 64-bit
 address per entry and layer; the faster way before sm_90, where Triton emulates descriptor
 loads with bounds checks and spills: 77 instructions on sm_80), or "auto": TMA on compute
 capability 9.0 and later, and under the interpreter."""

@@ -33,7 +33,7 @@ layer reads its two std windows either by TMA (tensor descriptors, sm_90: one co
 shared memory per window, read in either layout; a window must start on 16 bytes, so std2
 comes in four copies shifted by 0..3 columns) or through per-entry pointers, for which the
 compiler rebuilds a 64-bit address per entry and layer (4 more instructions per entry and
-layer, 40 more registers).
+layer, 39 more registers).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def _std_windows(std1, std2, a, b, ki, kj, plane, LAYERS: tl.constexpr, ROW: tl.
     of slice (ki, kj).  TMA: std2's copy shifted by kj % 4 columns, so that the window
     starts on 16 bytes.  Else pointers, with ``plane`` (the layer stride) a run-time value:
     a compile-time one lets the compiler keep a 64-bit address per entry across layers
-    (255 registers instead of 168)."""
+    (255 registers instead of 167)."""
     if TMA:
         return (std1, 0, a, 0, 0), (std2, kj % 4, b, ki, kj - kj % 4)
     else:
