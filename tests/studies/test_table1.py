@@ -20,11 +20,28 @@ def test_labels_are_the_papers_targets():
                                   [[-0.1, -0.1, 0.9], [0.9, -0.1, -0.1]])
 
 
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def cell_accuracy(arch):
+    """One TINY cell, independently: the CNTK, a numpy solve, argmax."""
+    train, labels = nc.data.cifar10("train", 6)
+    test, test_labels = nc.data.cifar10("test", 5)
+    x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
+    f = arch.ntk(z, x).numpy() @ np.linalg.solve(arch.ntk(x).numpy(), np.eye(10)[labels] - 0.1)
+    return 100 * np.mean(f.argmax(1) == test_labels)
+
+
+def no_recompute(*args, **kwargs):
+    raise AssertionError("recomputed a finished column")
+
+
 def test_tiny_table_end_to_end(tmp_path, capsys):
     out = tmp_path / "t1"
     assert main([*TINY, "--columns", "CNTK-V-2K,CNTK-GAP-2K", "--out", str(out)]) == 0
-    with (out / "table1.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(out / "table1.csv")
     assert [(r["column"], r["depth"]) for r in rows] == [
         ("CNTK-V-2K", "3"), ("CNTK-V-2K", "4"), ("CNTK-GAP-2K", "3"), ("CNTK-GAP-2K", "4")]
     assert set(table1.FIELDS) <= set(rows[0])
@@ -35,23 +52,13 @@ def test_tiny_table_end_to_end(tmp_path, capsys):
     assert "| 3 |" in (out / "table1.md").read_text()
     assert (out / "table1.png").stat().st_size > 10_000
 
-    # one cell, independently: the GAP CNTK, a numpy solve, argmax
-    train, labels = nc.data.cifar10("train", 6)
-    test, test_labels = nc.data.cifar10("test", 5)
-    x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
     arch = nc.CNN(depth=4, pooling="gap", fix_first_last=True)
-    targets = np.eye(10)[labels] - 0.1
-    f = arch.ntk(z, x).numpy() @ np.linalg.solve(arch.ntk(x).numpy(), targets)
-    assert float(rows[3]["accuracy"]) == pytest.approx(100 * np.mean(f.argmax(1) == test_labels))
+    assert float(rows[3]["accuracy"]) == pytest.approx(cell_accuracy(arch))
 
 
 def test_a_rerun_skips_finished_columns(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "t1")
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", out]) == 0
-
-    def no_recompute(*args, **kwargs):
-        raise AssertionError("recomputed a finished column")
-
     monkeypatch.setattr(table1, "run_column", no_recompute)
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", out]) == 0
     assert "already in" in capsys.readouterr().out
@@ -63,20 +70,11 @@ def test_a_rerun_skips_finished_columns(tmp_path, monkeypatch, capsys):
 def test_fix_first_last_overrides_the_column(tmp_path, monkeypatch):
     out = str(tmp_path / "t1")
     assert main([*TINY, "--columns", "CNTK-V-2K", "--fix-first-last", "yes", "--out", out]) == 0
-    with (tmp_path / "t1" / "table1.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(tmp_path / "t1" / "table1.csv")
     assert [r["fix_first_last"] for r in rows] == ["True", "True"]
     assert "first and last layer fixed" in (tmp_path / "t1" / "table1.md").read_text()
-    train, labels = nc.data.cifar10("train", 6)
-    test, test_labels = nc.data.cifar10("test", 5)
-    x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
     arch = nc.CNN(depth=3, pooling="flatten", fix_first_last=True)
-    f = arch.ntk(z, x).numpy() @ np.linalg.solve(arch.ntk(x).numpy(), np.eye(10)[labels] - 0.1)
-    assert float(rows[0]["accuracy"]) == pytest.approx(100 * np.mean(f.argmax(1) == test_labels))
-
-    def no_recompute(*args, **kwargs):
-        raise AssertionError("recomputed a finished column")
-
+    assert float(rows[0]["accuracy"]) == pytest.approx(cell_accuracy(arch))
     monkeypatch.setattr(table1, "run_column", no_recompute)
     assert main([*TINY, "--columns", "CNTK-V-2K", "--fix-first-last", "yes", "--out", out]) == 0
     with pytest.raises(AssertionError, match="recomputed"):  # the column's own setting differs
