@@ -10,8 +10,6 @@ fingerprint of the inputs), so a folder is never resumed with different inputs o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from ._checks import check_depths, check_inputs, check_int
 from ._progress import Progress
+from ._saved import claim, fingerprint, save
 from .architectures import DEFAULT_MAX_MEMORY, Backend, _Architecture
 from .kernels.recursion import Kernels, tile_pairs
 
@@ -31,34 +30,14 @@ Which = Literal["both", "ntk", "nngp"]
 WHICH: tuple[Which, ...] = ("both", "ntk", "nngp")
 
 
-def _fingerprint(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
 def _manifest(arch: _Architecture, x1: torch.Tensor, x2: torch.Tensor | None,
               depths: frozenset[int], tile: int, kernel: Which) -> dict[str, object]:
     return {
         "architecture": repr(arch), "depths": sorted(depths), "tile": tile, "kernel": kernel,
         "n1": x1.shape[0], "n2": x1.shape[0] if x2 is None else x2.shape[0],
         "gram": x2 is None, "dtype": str(x1.dtype).removeprefix("torch."),
-        "x1": _fingerprint(x1), "x2": None if x2 is None else _fingerprint(x2),
+        "x1": fingerprint(x1), "x2": None if x2 is None else fingerprint(x2),
     }
-
-
-def _claim(out: Path, manifest: dict[str, object]) -> None:
-    """Create ``out`` for this computation, or check that it already holds this one."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    if path.exists():
-        found = json.loads(path.read_text())
-        differ = [k for k in manifest if found.get(k) != manifest[k]]
-        if differ:
-            raise ValueError(
-                f"out={str(out)!r} holds tiles of a different computation ({', '.join(differ)} "
-                "differ); use another folder, or delete this one to start over"
-            )
-        return
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 @overload
@@ -110,7 +89,7 @@ def kernel_matrix(
     names = ("ntk", "nngp") if kernel == "both" else (kernel,)
     folder = None if out is None else Path(out)
     if folder is not None:
-        _claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel))
+        claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel))
     gram = x2 is None
     z = x1 if x2 is None else x2
     n1, n2 = x1.shape[0], z.shape[0]
@@ -134,9 +113,7 @@ def kernel_matrix(
                 block = {(d, name): getattr(k, name).cpu()
                          for d, k in found.items() for name in names}
                 if folder is not None:
-                    partial = saved[r, c].with_suffix(".partial")
-                    torch.save(block, partial)
-                    os.replace(partial, saved[r, c])  # a tile file is whole or absent
+                    save(block, saved[r, c])
                 bar.advance(pairs(r, c))
             else:
                 block = torch.load(saved[r, c])
