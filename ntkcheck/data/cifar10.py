@@ -87,7 +87,9 @@ def cifar10(
     ``cifar10_exact_subset.npz`` (both in the data folder, see ``data_root``), so "the first
     2,000 training images" are the official ones.  The pixels are JPEG re-encodings (mean
     absolute difference 5.8/255 from the originals); ``cifar10_exact`` has exact pixels of a
-    subset.  The decoded split is cached in ``cache_dir()``: later calls load it at once.
+    subset.  A whole split, once decoded, is cached in ``cache_dir()``, and later calls
+    load it (or their first ``n``) at once; before that, the first ``n`` images are decoded
+    alone, so a zip that holds only them serves too.
     """
     if split not in SPLIT_SIZES:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
@@ -100,17 +102,18 @@ def cifar10(
     cached = cache_dir() / f"cifar10-jpeg-{split}-{stat.st_size}-{stat.st_mtime_ns}.npz"
     if cached.is_file():
         with np.load(cached) as archive:
-            images, labels = archive["images"], archive["labels"]
-    else:
-        with np.load(data_root(folder, EXACT_SUBSET) / EXACT_SUBSET) as archive:
-            labels = archive[f"labels_{split}_all"].astype(np.int64)
-        images = _decode(zip_path, official_names(split, labels))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial.npz")
-        np.savez(partial, images=images, labels=labels)
-        os.replace(partial, cached)  # whole or absent, even if interrupted
-    return images[:n], labels[:n]
-
+            return archive["images"][:n], archive["labels"][:n]
+    with np.load(data_root(folder, EXACT_SUBSET) / EXACT_SUBSET) as archive:
+        labels = archive[f"labels_{split}_all"].astype(np.int64)
+    names = official_names(split, labels)
+    if n is not None and n < len(names):  # a slice: only its images are read (and needed)
+        return _decode(zip_path, names[:n]), labels[:n]
+    images = _decode(zip_path, names)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".partial.npz")
+    np.savez(partial, images=images, labels=labels)
+    os.replace(partial, cached)  # whole or absent, even if interrupted
+    return images, labels
 
 
 def cifar10_exact(

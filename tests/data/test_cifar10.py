@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from ntkcheck.data import cifar10, cifar10_exact, data_root, standardize
-from ntkcheck.data.cifar10 import EXACT_SUBSET, official_names
+from ntkcheck.data.cifar10 import EXACT_SUBSET, JPEG_ZIP, official_names
 
 
 def test_first_images_and_labels_in_official_order():
@@ -60,7 +61,10 @@ def test_jpeg_set_is_in_official_order(cache):
 
 def test_second_call_reads_the_cache(cache, monkeypatch):
     first = cifar10("test", n=7)
+    assert not list(cache.glob("*.npz")), "a slice is decoded alone, not cached"
+    whole = cifar10("test")
     assert len(list(cache.glob("*.npz"))) == 1
+    np.testing.assert_array_equal(whole[0][:7], first[0])
 
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")
@@ -72,6 +76,22 @@ def test_second_call_reads_the_cache(cache, monkeypatch):
     np.testing.assert_array_equal(again[0], first[0])
     np.testing.assert_array_equal(again[1], first[1])
     assert cifar10("test", n=0)[0].shape == (0, 32, 32, 3)
+
+
+def test_a_slice_needs_only_its_images_in_the_zip(tmp_path, cache):
+    """What a GPU run carries: a zip of the images it uses, and the official labels."""
+    names = official_names("test", cifar10("test", n=3)[1])
+    with zipfile.ZipFile(data_root() / JPEG_ZIP) as full, \
+            zipfile.ZipFile(tmp_path / JPEG_ZIP, "w") as part:
+        for name in names:
+            part.writestr(name, full.read(name))
+    with np.load(data_root() / EXACT_SUBSET) as archive:
+        np.savez(tmp_path / EXACT_SUBSET, labels_train_all=archive["labels_train_all"],
+                 labels_test_all=archive["labels_test_all"])
+    images, labels = cifar10("test", n=3, root=tmp_path)
+    np.testing.assert_array_equal(images, cifar10("test", n=3)[0])
+    with pytest.raises(ValueError, match="has no test/"):
+        cifar10("test", n=4, root=tmp_path)
 
 
 def test_names_follow_the_per_class_count():
