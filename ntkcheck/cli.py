@@ -58,7 +58,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     fix = {None: None, "yes": True, "no": False}[args.fix_first_last]
     table1.reproduce(columns, args.depths, out=args.out, data=args.data, n_train=args.n_train,
-                     n_test=args.n_test, device=device, root=args.data_root, tiles=args.tiles,
+                     n_test=args.n_test, device=device, root=args.data_root, work=args.work,
                      fix_first_last=fix, progress=not args.quiet)
     print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
 
@@ -111,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_argument("--fix-first-last", choices=["yes", "no"], default=None,
                            help="fix (yes) or train (no) the first and last layer of every "
                            "column's CNTK (default: CNTK-V trained, CNTK-GAP fixed)")
-    reproduce.add_argument("--tiles", default=None,
-                           help="keep kernel tiles in this folder, so a column resumes")
+    reproduce.add_argument("--work", default=None,
+                           help="keep each column's finished work in this folder (training "
+                           "Gram tiles, fitted weights, test predictions by chunk), so an "
+                           "interrupted column resumes")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(run=_reproduce)
 

@@ -12,7 +12,9 @@ column tests on all 10,000 test images and reads all its depths out of one kerne
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .._saved import claim, fingerprint, save
 from ..architectures import CNN
 from ..data import cifar10, cifar10_exact, standardize
 from ..kernel_matrix import kernel_matrix
@@ -75,6 +78,12 @@ DEFAULT_COLUMNS = ("CNTK-V", "CNTK-V-2K", "CNTK-GAP-2K")
 TILES = {"flatten": 4096, "gap": 256}
 """kernel_matrix tile sides: a few seconds of work per tile on an H100 either way."""
 
+TEST_CHUNK_PAIRS = {"flatten": 2**28, "gap": 2**21}
+"""Kernel pairs per chunk of test images (on an H100, 41 s of CNTK-V at the 6.5M pairs/s
+measured, 450 s of CNTK-GAP to depth 21 at the 214 us/pair last measured): the test images
+are predicted a chunk at a time, and with ``work`` each chunk's predictions are saved as
+it finishes."""
+
 
 def label_targets(labels: np.ndarray, classes: int = 10) -> torch.Tensor:
     """(n, classes) float64 regression targets: 0.9 for the true class, -0.1 elsewhere."""
@@ -100,15 +109,33 @@ def _load(data: str, split: str, n: int | None, root: str | None):
     return cifar10_exact(split, n, root=root, pixels="jpeg" if data == "exact-jpeg" else "exact")
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _test_chunks(n_test: int, n_train: int, pooling: str) -> list[slice]:
+    rows = max(1, TEST_CHUNK_PAIRS[pooling] // max(n_train, 1))
+    if rows > TILES[pooling]:
+        rows -= rows % TILES[pooling]  # whole tiles
+    return [slice(start, min(start + rows, n_test)) for start in range(0, n_test, rows)]
+
+
+def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s dict, saved to ``path`` (with ``inputs``, the fingerprint of what it
+    was computed from) as soon as it is done; a saved one for the same inputs is reused."""
+    if path is not None and path.exists():
+        saved = torch.load(path)
+        if saved["inputs"] == inputs:
+            return saved
+    start = time.perf_counter()
+    found = compute()
+    found.update(inputs=inputs, seconds=time.perf_counter() - start)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(found, path)
+    return found
 
 
 def run_column(
@@ -120,7 +147,7 @@ def run_column(
     n_test: int | None = None,
     device: str | torch.device = "cpu",
     root: str | None = None,
-    tiles: str | os.PathLike[str] | None = None,
+    work: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> list[dict[str, object]]:
     """Table 1 rows of one column, one per depth, from one kernel pass over all depths.
@@ -128,8 +155,13 @@ def run_column(
     ``n_train`` / ``n_test`` cap the column's training / test images (default: the column's
     own count and the whole test split).  On CUDA the kernels are computed in float32 (the
     fused kernel), on the CPU in float64; the regression is float64 on ``device``.
-    ``tiles`` keeps the kernel tiles there, so an interrupted column resumes.  (The column's
-    first and last layers are fixed or trained as ``column.fix_first_last`` says.)
+    The training Gram matrix is fitted first (``KernelRegression``, one per depth), then the
+    test images are predicted chunk by chunk (``TEST_CHUNK_PAIRS``).  With ``work``, the
+    column keeps its finished work in ``work/<column>/<fixed|trained>/``: the Gram matrix's
+    tiles (``train/``, large), the fitted weights (``fit.pt``, n_train x 10 per depth) and
+    each chunk's predictions (``test/``, small), so an interrupted column resumes, also on
+    another machine given ``fit.pt`` and ``test/``.  (The column's first and last layers are
+    fixed or trained as ``column.fix_first_last`` says.)
     """
     device = torch.device(device)
     train_count = column.n_train if n_train is None else min(column.n_train, n_train)
@@ -139,33 +171,55 @@ def run_column(
     x_train = standardize(images, reference=images, dtype=dtype).to(device)
     x_test = standardize(test_images, reference=images, dtype=dtype).to(device)
     arch = column.architecture(max(depths))
+    folder = None if work is None else Path(work) / column.name / column.first_last
+    trained_on = fingerprint(x_train) + fingerprint(labels)
+    if folder is not None:
+        claim(folder, {"architecture": repr(arch), "depths": sorted(depths),
+                       "training_set": trained_on})
 
-    def kernels(x1: torch.Tensor, x2: torch.Tensor | None, part: str) -> dict[int, torch.Tensor]:
-        out = None if tiles is None else Path(tiles) / column.name / column.first_last / part
+    def kernels(x1: torch.Tensor, x2: torch.Tensor | None) -> dict[int, torch.Tensor]:
+        out = None if folder is None or x2 is not None else folder / "train"
         return kernel_matrix(arch, x1, x2, depths=depths, kernel="ntk", out=out,
                              tile=TILES[column.pooling], progress=progress)
 
-    _synchronize(device)
-    start = time.perf_counter()
-    k_train = kernels(x_train, None, "train")
-    k_test = kernels(x_test, x_train, "test")
-    kernel_seconds = time.perf_counter() - start
-    targets = label_targets(labels)
+    def fit() -> dict:
+        k_train, weights = kernels(x_train, None), {}
+        for depth in sorted(depths):
+            model = KernelRegression(ridge="auto").fit(k_train.pop(depth).to(device),
+                                                       label_targets(labels))
+            weights[depth] = (model.coef_.cpu(), model.ridge_, model.condition_)
+        return {"weights": weights, "device": device_name(device)}
+
+    fitted = _load_or_compute(None if folder is None else folder / "fit.pt", trained_on, fit)
+    coefs = {d: weights[0].to(device) for d, weights in fitted["weights"].items()}
+
+    def predict(part: slice) -> dict:
+        if progress:
+            print(f"test images {part.start}..{part.stop - 1} of {len(test_labels)}",
+                  file=sys.stderr)
+        k_test = kernels(x_test[part], x_train)
+        return {"scores": {d: (k_test[d].to(device, torch.float64) @ coefs[d]).cpu()
+                           for d in depths},
+                "device": device_name(device)}
+
+    chunks = [_load_or_compute(None if folder is None else folder / "test" /
+                               f"scores_{part.start:07d}.pt",
+                               fingerprint(x_test[part]), functools.partial(predict, part))
+              for part in _test_chunks(len(test_labels), len(labels), column.pooling)]
+    seconds = fitted["seconds"] + sum(c["seconds"] for c in chunks)
+    devices = " + ".join(sorted({fitted["device"]} | {c["device"] for c in chunks}))
     rows = []
     for depth in sorted(depths):
-        start = time.perf_counter()
-        model = KernelRegression(ridge="auto").fit(k_train[depth].to(device), targets)
-        predicted = model.predict(k_test[depth]).argmax(1).cpu().numpy()
-        _synchronize(device)
-        accuracy = 100.0 * float(np.mean(predicted == test_labels))
+        scores = torch.cat([c["scores"][depth] for c in chunks])
+        accuracy = 100.0 * float(np.mean(scores.argmax(1).numpy() == test_labels))
+        _, ridge, condition = fitted["weights"][depth]
         paper = PAPER[column.name].get(depth)
         rows.append({
             "column": column.name, "depth": depth, "accuracy": round(accuracy, 2),
             "paper": paper, "delta": None if paper is None else round(accuracy - paper, 2),
             "n_train": len(labels), "n_test": len(test_labels), "data": DATA[data],
-            "fix_first_last": column.fix_first_last, "device": device_name(device),
-            "seconds": round(kernel_seconds + time.perf_counter() - start, 1),
-            "ridge": model.ridge_, "condition": f"{model.condition_:.3g}",
+            "fix_first_last": column.fix_first_last, "device": devices,
+            "seconds": round(seconds, 1), "ridge": ridge, "condition": f"{condition:.3g}",
         })
     return rows
 
@@ -180,7 +234,7 @@ def reproduce(
     n_test: int | None = None,
     device: str = "cpu",
     root: str | None = None,
-    tiles: str | os.PathLike[str] | None = None,
+    work: str | os.PathLike[str] | None = None,
     fix_first_last: bool | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -215,7 +269,7 @@ def reproduce(
         log(f"{name}: {column.pooling} CNTK, first and last layer {column.first_last}, "
             f"depths {sorted(depths)}, on {device}")
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
-                         device=device, root=root, tiles=tiles, progress=progress)
+                         device=device, root=root, work=work, progress=progress)
         rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]
         rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
                                                   int(r["depth"])))  # type: ignore[call-overload]

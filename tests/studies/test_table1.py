@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -97,3 +98,75 @@ def test_malformed_arguments_are_usage_errors(tmp_path, capsys, bad):
         main(argv)
     assert exit_.value.code == 2
     assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def spy_kernel_matrix(monkeypatch, fail_at=None):
+    """Count table1's kernel_matrix calls (their x1 row counts); raise KeyboardInterrupt at
+    call number ``fail_at`` as an interrupted run would."""
+    calls, real = [], table1.kernel_matrix
+
+    def spy(arch, x1, x2=None, **kwargs):
+        calls.append(x1.shape[0])
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return real(arch, x1, x2, **kwargs)
+
+    monkeypatch.setattr(table1, "kernel_matrix", spy)
+    return calls
+
+
+SMALL = {"n_train": 6, "n_test": 5, "progress": False}
+
+
+def accuracies(rows):
+    return [(r["depth"], r["accuracy"], r["ridge"], r["condition"]) for r in rows]
+
+
+def chunks_of_two(monkeypatch):
+    """Test chunks of 2 images (12 pairs with 6 training images): 5 test images, 3 chunks."""
+    monkeypatch.setattr(table1, "TEST_CHUNK_PAIRS", {"flatten": 12, "gap": 12})
+
+
+def test_work_saves_the_fit_and_each_chunk_and_resumes_from_them(tmp_path, monkeypatch):
+    chunks_of_two(monkeypatch)
+    column = table1.COLUMNS["CNTK-V-2K"]
+    first = table1.run_column(column, (3, 4), work=tmp_path, **SMALL)
+    folder = tmp_path / "CNTK-V-2K" / "trained"
+    assert sorted(p.name for p in (folder / "test").iterdir()) == [
+        "scores_0000000.pt", "scores_0000002.pt", "scores_0000004.pt"]
+    assert (folder / "fit.pt").is_file() and list((folder / "train").glob("tile_*.pt"))
+
+    (folder / "test" / "scores_0000002.pt").unlink()
+    calls = spy_kernel_matrix(monkeypatch)
+    again = table1.run_column(column, (3, 4), work=tmp_path, **SMALL)
+    assert calls == [2] and accuracies(again) == accuracies(first)
+
+    shutil.rmtree(folder / "train")  # what travels to another machine: fit.pt and test/
+    again = table1.run_column(column, (3, 4), work=tmp_path, **SMALL)
+    assert calls == [2] and accuracies(again) == accuracies(first)
+    again = table1.run_column(column, (3, 4), work=tmp_path, **{**SMALL, "n_test": 4})
+    assert calls == [2], "the chunks of the first 4 test images were saved"
+    assert [r["n_test"] for r in again] == [4, 4]
+
+
+def test_an_interrupted_column_resumes_with_the_cells_of_one_chunk(tmp_path, monkeypatch):
+    column = table1.COLUMNS["CNTK-GAP-2K"]
+    whole = table1.run_column(column, (3, 4), **SMALL)
+    chunks_of_two(monkeypatch)
+    calls = spy_kernel_matrix(monkeypatch, fail_at=3)  # Gram, chunk 0, then stopped
+    with pytest.raises(KeyboardInterrupt):
+        table1.run_column(column, (3, 4), work=tmp_path, **SMALL)
+    folder = tmp_path / "CNTK-GAP-2K" / "fixed"
+    assert (folder / "fit.pt").is_file() and not list(folder.rglob("*.partial"))
+    assert [p.name for p in (folder / "test").iterdir()] == ["scores_0000000.pt"]
+    del calls[:]
+    resumed = table1.run_column(column, (3, 4), work=tmp_path, **SMALL)
+    assert calls == [2, 1]
+    assert accuracies(resumed) == accuracies(whole)
+
+
+def test_work_is_never_resumed_with_another_training_set(tmp_path, capsys):
+    args = [*TINY, "--columns", "CNTK-V-2K", "--work", str(tmp_path / "w")]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--n-train", "5"]) == 2
+    assert "different computation (training_set differ)" in capsys.readouterr().err
