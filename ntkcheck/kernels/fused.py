@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 
 import torch
 
@@ -51,9 +52,22 @@ PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
 
 
+MIN_TRITON = (3, 4)
+"""Oldest Triton the kernel compiles with (host-side tensor descriptors; 3.3 also rejects
+its constexpr tuples): the CUDA builds of torch 2.8 and later ship it.  3.4 and 3.6 both
+compile it for sm_90 and pass the interpreter tests (3.4's interpreter only on the pointer
+path: it checks descriptor strides in elements, not bytes)."""
+
+
 @functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed Triton, or None if there is none."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    import triton
+
+    major, minor = re.match(r"(\d+)\.(\d+)", triton.__version__).groups()  # type: ignore[union-attr]
+    return int(major), int(minor)
 
 
 def interpreting() -> bool:
@@ -63,8 +77,12 @@ def interpreting() -> bool:
 
 def unsupported_reason(x: torch.Tensor) -> str | None:
     """Why the fused kernel cannot take these (n, C, H, W) inputs, or None if it can."""
-    if not _triton_installed():
+    version = triton_version()
+    if version is None:
         return "triton is not installed (it comes with the CUDA builds of torch)"
+    if version < MIN_TRITON:
+        return (f"triton {version[0]}.{version[1]} is installed; the fused kernel needs "
+                f"{MIN_TRITON[0]}.{MIN_TRITON[1]} or later (CUDA builds of torch 2.8+ ship it)")
     if not (x.is_cuda or interpreting()):
         return (f"the inputs are on {x.device.type}; it runs on CUDA tensors "
                 "(or anywhere under TRITON_INTERPRET=1)")

@@ -169,6 +169,18 @@ def test_backend_choice_and_errors():
         nc.CNN(depth=3).ntk(x)
 
 
+def test_a_triton_older_than_3_4_is_named_and_auto_falls_back(monkeypatch):
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
+    arch = nc.CNN(depth=3)
+    monkeypatch.setattr(fused, "triton_version", lambda: (3, 3))
+    with pytest.raises(ValueError, match=r"triton 3\.3 is installed.*needs 3\.4 or later"):
+        arch.ntk(x, backend="triton")
+    if x.is_cuda:  # where auto would otherwise take the fused kernel
+        with pytest.warns(UserWarning, match=r"torch reference.*triton 3\.3"):
+            got = arch.ntk(x)
+        torch.testing.assert_close(got, arch.ntk(x, backend="torch"))
+
+
 # ----------------------------------------------------------------- GPU only (pytest -m gpu)
 
 def cifar_images(n: int) -> torch.Tensor:
