@@ -9,7 +9,8 @@ warm-up (compilation excluded), timed end to end (per-image stds and readout sum
     python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--flatten-n N] [--skip-nt]
 
 writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
-"accuracy": [...], "flatten_all_depths": {...}}.
+"accuracy": [...], "flatten_all_depths": {...}}, rewritten after every case; a case that
+raises is recorded with its "error" and the run goes on.
 """
 
 from __future__ import annotations
@@ -203,6 +204,18 @@ def neural_tangents(depth: int, n1: int, n2: int) -> dict:
     return out
 
 
+def guarded(case: dict, fn, *args, **kwargs):
+    """fn(*args, **kwargs), or ``case`` with the error it raised: on a device lent for
+    minutes, one failing case (a compile error, a kernel that faults) must not cost the
+    figures of the others."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 -- recorded in the results, not hidden
+        found = {**case, "error": f"{type(error).__name__}: {error}"[:1000]}
+        print(json.dumps(found), flush=True)
+        return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(RESULTS / "cntk_gpu.json"))
@@ -212,26 +225,39 @@ def main() -> None:
     parser.add_argument("--skip-nt", action="store_true", help="skip neural-tangents")
     args = parser.parse_args()
     x = cifar(64, args.data_root)
-    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {"benchmark": "cntk_gpu", "device": torch.cuda.get_device_name(),
+                    "versions": versions(), "rows": []}
+
+    def add(key: str | None, case: dict, fn, *fn_args, **fn_kwargs) -> None:
+        """Run one case and rewrite the file, so a run cut off by a time limit keeps what
+        it measured."""
+        found = guarded(case, fn, *fn_args, **fn_kwargs)
+        if key is None:
+            result["rows"].append(found)
+        else:
+            result[key] = found
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+    def timed(impl: str, pooling: str, depth: int, *row_args, **row_kwargs) -> None:
+        add(None, {"impl": impl, "pooling": pooling, "depth": depth, **row_kwargs},
+            row, impl, pooling, depth, *row_args, **row_kwargs)
+
     for depth in (11, 21):
-        rows.append(row("triton", "gap", depth, x[:32], x, "triton", variant=launch_options()))
-        rows.append(row("torch", "gap", depth, x[:4], x[:16], "torch"))
-        rows.append(row("triton", "flatten", depth, x, x, "triton",
-                        variant=launch_options()))
-        rows.append(row("torch", "flatten", depth, x, x, "torch"))
+        timed("triton", "gap", depth, x[:32], x, "triton", variant=launch_options())
+        timed("torch", "gap", depth, x[:4], x[:16], "torch")
+        timed("triton", "flatten", depth, x, x, "triton", variant=launch_options())
+        timed("torch", "flatten", depth, x, x, "torch")
     for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
                     {"precision": 1}, {"precision": 0}):
         with variant(**options):
-            rows.append(row("triton", "gap", 11, x[:16], x[:32], "triton",
-                            variant=launch_options()))
+            timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
     if not args.skip_nt:
         for depth in (11, 21):
-            rows.append(neural_tangents(depth, 4, 4))
-    result = {"benchmark": "cntk_gpu", "device": torch.cuda.get_device_name(),
-              "versions": versions(), "rows": rows, "accuracy": accuracy(x),
-              "flatten_all_depths": flatten_all_depths(x, args.flatten_n)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            add(None, {"impl": "neural-tangents", "depth": depth}, neural_tangents, depth, 4, 4)
+    add("accuracy", {}, accuracy, x)
+    add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
