@@ -243,7 +243,8 @@ def reproduce(
     table1.png.  ``fix_first_last`` fixes (True) or trains (False) the first and last layer
     of every column's CNTK instead of the column's own setting (None).  A column whose
     cells ``out``/table1.csv already holds for the same data, sizes, setting and depths is
-    not recomputed, so a re-run resumes after the last finished column.
+    not recomputed, so a re-run resumes after the last finished column; with ``work``, an
+    unfinished column resumes from its saved parts (see ``run_column``).
     """
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
