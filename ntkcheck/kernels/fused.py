@@ -46,7 +46,7 @@ tensor-memory-access copy of the window per layer, no per-entry addresses; 46 in
 per entry and layer and 128 registers on sm_90, against 50 and 167), "pointers" (a 64-bit
 address per entry and layer; the faster way before sm_90, where Triton emulates descriptor
 loads with bounds checks and spills: 77 instructions on sm_80), or "auto": TMA on compute
-capability 9.0 and later, and under the interpreter."""
+capability 9.0 and later, and under the interpreter (of Triton 3.6 and later)."""
 
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
@@ -54,9 +54,13 @@ PROGRAMS_PER_LAUNCH = 2**18
 
 MIN_TRITON = (3, 4)
 """Oldest Triton the kernel compiles with (host-side tensor descriptors; 3.3 also rejects
-its constexpr tuples): the CUDA builds of torch 2.8 and later ship it.  3.4 and 3.6 both
-compile it for sm_90 and pass the interpreter tests (3.4's interpreter only on the pointer
-path: it checks descriptor strides in elements, not bytes)."""
+its constexpr tuples): the CUDA builds of torch 2.8 and later ship it.  3.4, 3.5 and 3.6
+all compile both load paths for sm_90 and pass the interpreter tests."""
+
+INTERPRETER_TMA = (3, 6)
+"""Oldest Triton whose interpreter runs tensor descriptors of float32 planes (3.4 and 3.5
+check their strides in elements where the hardware wants bytes, so "auto" reads the std
+planes through pointers under their interpreters)."""
 
 
 @functools.cache
@@ -96,7 +100,9 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
 
 def _use_tma(device: torch.device) -> bool:
     if STD_LOADS == "auto":
-        return interpreting() or torch.cuda.get_device_capability(device) >= (9, 0)
+        if interpreting():
+            return triton_version() >= INTERPRETER_TMA  # type: ignore[operator]
+        return torch.cuda.get_device_capability(device) >= (9, 0)
     return STD_LOADS == "tma"
 
 

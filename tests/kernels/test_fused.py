@@ -65,6 +65,9 @@ def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size,
                                            std_loads, monkeypatch):
     # both ways of reading the std planes; a GAP slice's column shift is any 0..4, so the
     # tensor descriptors read the four shifted copies
+    if std_loads == "tma" and fused.interpreting() and \
+            fused.triton_version() < fused.INTERPRETER_TMA:
+        pytest.skip("this Triton's interpreter cannot run the tensor descriptors")
     monkeypatch.setattr(fused, "STD_LOADS", std_loads)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
