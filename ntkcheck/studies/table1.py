@@ -175,7 +175,7 @@ def run_column(
     trained_on = fingerprint(x_train) + fingerprint(labels)
     if folder is not None:
         claim(folder, {"architecture": repr(arch), "depths": sorted(depths),
-                       "training_set": trained_on})
+                       "dtype": str(dtype).removeprefix("torch."), "training_set": trained_on})
 
     def kernels(x1: torch.Tensor, x2: torch.Tensor | None) -> dict[int, torch.Tensor]:
         out = None if folder is None or x2 is not None else folder / "train"
