@@ -44,7 +44,7 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
 
 
-def _reproduce(args: argparse.Namespace) -> None:
+def _reproduce(args: argparse.Namespace) -> int:
     from .studies import table1
 
     for name, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
@@ -57,10 +57,19 @@ def _reproduce(args: argparse.Namespace) -> None:
         raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     fix = {None: None, "yes": True, "no": False}[args.fix_first_last]
-    table1.reproduce(columns, args.depths, out=args.out, data=args.data, n_train=args.n_train,
-                     n_test=args.n_test, device=device, root=args.data_root, work=args.work,
-                     fix_first_last=fix, progress=not args.quiet)
+    if args.max_seconds is not None and not (args.work and args.max_seconds > 0):
+        raise ValueError(f"--max-seconds needs --work (where a stopped column's finished parts "
+                         f"are kept) and a value > 0; got {args.max_seconds}")
+    try:
+        table1.reproduce(columns, args.depths, out=args.out, data=args.data,
+                         n_train=args.n_train, n_test=args.n_test, device=device,
+                         root=args.data_root, work=args.work, fix_first_last=fix,
+                         max_seconds=args.max_seconds, progress=not args.quiet)
+    except table1.TimeLimitReached as stopped:
+        print(f"ntkcheck: {stopped}; run the same command again to continue", file=sys.stderr)
+        return 3
     print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
+    return 0
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -115,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="keep each column's finished work in this folder (training "
                            "Gram tiles, fitted weights, test predictions by chunk), so an "
                            "interrupted column resumes")
+    reproduce.add_argument("--max-seconds", type=float, default=None,
+                           help="stop between test chunks rather than run past this many "
+                           "seconds (needs --work; exit status 3, and the same command "
+                           "continues)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(run=_reproduce)
 
@@ -134,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo" and args.n < 1:
             raise ValueError(f"--n must be >= 1; got {args.n}")
-        args.run(args)
+        status = args.run(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"ntkcheck: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -122,13 +122,26 @@ def _test_chunks(n_test: int, n_train: int, pooling: str) -> list[slice]:
     return [slice(start, min(start + rows, n_test)) for start in range(0, n_test, rows)]
 
 
-def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict]) -> dict:
+def _clock() -> float:
+    """Seconds on the clock that ``max_seconds`` is measured on."""
+    return time.monotonic()
+
+
+class TimeLimitReached(RuntimeError):
+    """A column stopped between two test chunks to stay within ``max_seconds``; its finished
+    parts are saved in its ``work`` folder, and the same call again continues."""
+
+
+def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict],
+                     before_computing: Callable[[], None] = lambda: None) -> dict:
     """``compute()``'s dict, saved to ``path`` (with ``inputs``, the fingerprint of what it
-    was computed from) as soon as it is done; a saved one for the same inputs is reused."""
+    was computed from) as soon as it is done; a saved one for the same inputs is reused.
+    ``before_computing`` runs only when there is something to compute."""
     if path is not None and path.exists():
         saved = torch.load(path)
         if saved["inputs"] == inputs:
             return saved
+    before_computing()
     start = time.perf_counter()
     found = compute()
     found.update(inputs=inputs, seconds=time.perf_counter() - start)
@@ -148,6 +161,7 @@ def run_column(
     device: str | torch.device = "cpu",
     root: str | None = None,
     work: str | os.PathLike[str] | None = None,
+    max_seconds: float | None = None,
     progress: bool = True,
 ) -> list[dict[str, object]]:
     """Table 1 rows of one column, one per depth, from one kernel pass over all depths.
@@ -160,9 +174,15 @@ def run_column(
     column keeps its finished work in ``work/<column>/<fixed|trained>/``: the Gram matrix's
     tiles (``train/``, large), the fitted weights (``fit.pt``, n_train x 10 per depth) and
     each chunk's predictions (``test/``, small), so an interrupted column resumes, also on
-    another machine given ``fit.pt`` and ``test/``.  (The column's first and last layers are
-    fixed or trained as ``column.fix_first_last`` says.)
+    another machine given ``fit.pt`` and ``test/``.  With ``max_seconds`` (which needs
+    ``work``), the column raises ``TimeLimitReached`` instead of starting a test chunk that
+    would end past that many seconds from the call, judging by the chunk before it.  (The
+    column's first and last layers are fixed or trained as ``column.fix_first_last`` says.)
     """
+    if max_seconds is not None and work is None:
+        raise ValueError("max_seconds needs a work folder, where a stopped column's finished "
+                         "parts are kept")
+    deadline = None if max_seconds is None else _clock() + max_seconds
     device = torch.device(device)
     train_count = column.n_train if n_train is None else min(column.n_train, n_train)
     images, labels = _load(data, "train", train_count, root)
@@ -202,10 +222,20 @@ def run_column(
                            for d in depths},
                 "device": device_name(device)}
 
-    chunks = [_load_or_compute(None if folder is None else folder / "test" /
-                               f"scores_{part.start:07d}.pt",
-                               fingerprint(x_test[part]), functools.partial(predict, part))
-              for part in _test_chunks(len(test_labels), len(labels), column.pooling)]
+    parts = _test_chunks(len(test_labels), len(labels), column.pooling)
+    chunks: list[dict] = []
+
+    def in_time() -> None:
+        took = chunks[-1]["seconds"] if chunks else 0.0  # the next chunk's likely time
+        if deadline is not None and _clock() + took > deadline:
+            raise TimeLimitReached(
+                f"{column.name} stopped within its time limit: {len(chunks)} of {len(parts)}"
+                f" test chunks done, kept in {folder}")
+
+    for part in parts:
+        path = None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
+        chunks.append(_load_or_compute(path, fingerprint(x_test[part]),
+                                       functools.partial(predict, part), in_time))
     seconds = fitted["seconds"] + sum(c["seconds"] for c in chunks)
     devices = " + ".join(sorted({fitted["device"]} | {c["device"] for c in chunks}))
     rows = []
@@ -236,6 +266,7 @@ def reproduce(
     root: str | None = None,
     work: str | os.PathLike[str] | None = None,
     fix_first_last: bool | None = None,
+    max_seconds: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
@@ -244,8 +275,11 @@ def reproduce(
     of every column's CNTK instead of the column's own setting (None).  A column whose
     cells ``out``/table1.csv already holds for the same data, sizes, setting and depths is
     not recomputed, so a re-run resumes after the last finished column; with ``work``, an
-    unfinished column resumes from its saved parts (see ``run_column``).
+    unfinished column resumes from its saved parts (see ``run_column``).  ``max_seconds``
+    bounds the whole call: a column that would run past it stops between test chunks
+    (``TimeLimitReached``; the CSV keeps the columns finished before it).
     """
+    start = _clock()
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"columns must be among {', '.join(COLUMNS)}; got {unknown}")
@@ -269,8 +303,10 @@ def reproduce(
             continue
         log(f"{name}: {column.pooling} CNTK, first and last layer {column.first_last}, "
             f"depths {sorted(depths)}, on {device}")
+        left = None if max_seconds is None else max_seconds - (_clock() - start)
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
-                         device=device, root=root, work=work, progress=progress)
+                         device=device, root=root, work=work, max_seconds=left,
+                         progress=progress)
         rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]
         rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
                                                   int(r["depth"])))  # type: ignore[call-overload]

@@ -170,3 +170,29 @@ def test_work_is_never_resumed_with_another_training_set(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b"), "--n-train", "5"]) == 2
     assert "different computation (training_set differ)" in capsys.readouterr().err
+
+
+def test_a_time_limit_stops_between_chunks_and_the_same_command_continues(
+        tmp_path, monkeypatch, capsys):
+    chunks_of_two(monkeypatch)
+    clock = iter(range(0, 10**6, 10))  # every reading 10 s after the one before
+    monkeypatch.setattr(table1, "_clock", lambda: next(clock))
+    args = [*TINY, "--columns", "CNTK-V-2K", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "o"), "--max-seconds", "25"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "CNTK-V-2K stopped within its time limit: 1 of 3 test chunks done" in err
+    assert "run the same command again" in err
+    test_chunks = tmp_path / "w" / "CNTK-V-2K" / "trained" / "test"
+    assert [p.name for p in test_chunks.iterdir()] == ["scores_0000000.pt"]
+    assert not (tmp_path / "o" / "table1.csv").exists()
+    monkeypatch.setattr(table1, "_clock", lambda: 0)  # time stands still: no stop
+    assert main(args) == 0
+    assert len(list(test_chunks.iterdir())) == 3
+    assert len(read_csv(tmp_path / "o" / "table1.csv")) == 2
+
+
+@pytest.mark.parametrize("limit", [["--max-seconds", "10"], ["--max-seconds", "0", "--work", "w"]])
+def test_a_time_limit_needs_work_and_a_positive_value(tmp_path, capsys, limit):
+    assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path), *limit]) == 2
+    assert "--max-seconds needs --work" in capsys.readouterr().err
