@@ -138,7 +138,8 @@ def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict]
     was computed from) as soon as it is done; a saved one for the same inputs is reused.
     ``before_computing`` runs only when there is something to compute."""
     if path is not None and path.exists():
-        saved = torch.load(path)
+        with torch.serialization.safe_globals([KernelRegression]):  # a fit's estimators
+            saved = torch.load(path, map_location="cpu")
         if saved["inputs"] == inputs:
             return saved
     before_computing()
@@ -172,9 +173,9 @@ def run_column(
     The training Gram matrix is fitted first (``KernelRegression``, one per depth), then the
     test images are predicted chunk by chunk (``TEST_CHUNK_PAIRS``).  With ``work``, the
     column keeps its finished work in ``work/<column>/<fixed|trained>/``: the Gram matrix's
-    tiles (``train/``, large), the fitted weights (``fit.pt``, n_train x 10 per depth) and
-    each chunk's predictions (``test/``, small), so an interrupted column resumes, also on
-    another machine given ``fit.pt`` and ``test/``.  With ``max_seconds`` (which needs
+    tiles (``train/``, large), the fitted estimators (``fit.pt``, n_train x 10 weights per
+    depth) and each chunk's predictions (``test/``, small), so an interrupted column
+    resumes, also on another machine given ``fit.pt`` and ``test/``.  With ``max_seconds`` (which needs
     ``work``), the column raises ``TimeLimitReached`` instead of starting a test chunk that
     would end past that many seconds from the call, judging by the chunk before it.  (The
     column's first and last layers are fixed or trained as ``column.fix_first_last`` says.)
@@ -203,23 +204,20 @@ def run_column(
                              tile=TILES[column.pooling], progress=progress)
 
     def fit() -> dict:
-        k_train, weights = kernels(x_train, None), {}
-        for depth in sorted(depths):
-            model = KernelRegression(ridge="auto").fit(k_train.pop(depth).to(device),
-                                                       label_targets(labels))
-            weights[depth] = (model.coef_.cpu(), model.ridge_, model.condition_)
-        return {"weights": weights, "device": device_name(device)}
+        k_train = kernels(x_train, None)
+        models = {d: KernelRegression(ridge="auto").fit(k_train.pop(d).to(device),
+                                                        label_targets(labels))
+                  for d in sorted(depths)}
+        return {"models": models, "device": device_name(device)}
 
     fitted = _load_or_compute(None if folder is None else folder / "fit.pt", trained_on, fit)
-    coefs = {d: weights[0].to(device) for d, weights in fitted["weights"].items()}
 
     def predict(part: slice) -> dict:
         if progress:
             print(f"test images {part.start}..{part.stop - 1} of {len(test_labels)}",
                   file=sys.stderr)
         k_test = kernels(x_test[part], x_train)
-        return {"scores": {d: (k_test[d].to(device, torch.float64) @ coefs[d]).cpu()
-                           for d in depths},
+        return {"scores": {d: fitted["models"][d].predict(k_test[d]).cpu() for d in depths},
                 "device": device_name(device)}
 
     parts = _test_chunks(len(test_labels), len(labels), column.pooling)
@@ -242,14 +240,15 @@ def run_column(
     for depth in sorted(depths):
         scores = torch.cat([c["scores"][depth] for c in chunks])
         accuracy = 100.0 * float(np.mean(scores.argmax(1).numpy() == test_labels))
-        _, ridge, condition = fitted["weights"][depth]
+        model = fitted["models"][depth]
         paper = PAPER[column.name].get(depth)
         rows.append({
             "column": column.name, "depth": depth, "accuracy": round(accuracy, 2),
             "paper": paper, "delta": None if paper is None else round(accuracy - paper, 2),
             "n_train": len(labels), "n_test": len(test_labels), "data": DATA[data],
             "fix_first_last": column.fix_first_last, "device": devices,
-            "seconds": round(seconds, 1), "ridge": ridge, "condition": f"{condition:.3g}",
+            "seconds": round(seconds, 1), "ridge": model.ridge_,
+            "condition": f"{model.condition_:.3g}",
         })
     return rows
 
