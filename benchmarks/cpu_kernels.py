@@ -65,17 +65,22 @@ def inputs(kernel: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return x.flatten(1) if kernel == "FC" else x
 
 
+def best_and_median(fn, repeats: int = REPEATS) -> tuple[float, float]:
+    """Best and median wall seconds of ``repeats`` calls of fn()."""
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return min(runs), float(np.median(runs))
+
+
 def time_row(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> dict[str, object]:
     n1, n2 = SIZES[kernel][depth]
     arch = architecture(kernel, depth)
     x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
     arch.ntk(x1[:1], x2[:1])  # warm-up
-    runs = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        arch.ntk(x1, x2, depths=depths)
-        runs.append(time.perf_counter() - start)
-    seconds, median = min(runs), float(np.median(runs))
+    seconds, median = best_and_median(lambda: arch.ntk(x1, x2, depths=depths))
     row = {"kernel": kernel, "image": "32x32x3", "depth": depth,
            "depths_in_one_pass": list(depths) if depths else [depth],
            "dtype": str(dtype).removeprefix("torch."), "n1": n1, "n2": n2,

@@ -175,10 +175,11 @@ def run_column(
     column keeps its finished work in ``work/<column>/<fixed|trained>/``: the Gram matrix's
     tiles (``train/``, large), the fitted estimators (``fit.pt``, n_train x 10 weights per
     depth) and each chunk's predictions (``test/``, small), so an interrupted column
-    resumes, also on another machine given ``fit.pt`` and ``test/``.  With ``max_seconds`` (which needs
-    ``work``), the column raises ``TimeLimitReached`` instead of starting a test chunk that
-    would end past that many seconds from the call, judging by the chunk before it.  (The
-    column's first and last layers are fixed or trained as ``column.fix_first_last`` says.)
+    resumes, also on another machine given ``fit.pt`` and ``test/``.  With ``max_seconds``
+    (which needs ``work``), the column raises ``TimeLimitReached`` instead of starting a
+    test chunk that would end past that many seconds from the call, judging by the chunk
+    before it.  (The column's first and last layers are fixed or trained as
+    ``column.fix_first_last`` says.)
     """
     if max_seconds is not None and work is None:
         raise ValueError("max_seconds needs a work folder, where a stopped column's finished "
