@@ -18,6 +18,7 @@ Samples go in chunks sized by ``max_memory``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from .architectures import DEFAULT_MAX_MEMORY
-from .nets.layers import Conv
+from .nets.layers import WEIGHT_LAYERS, Conv, Dense
 from .nets.network import Network
 
 Implementation = Literal["auto", "jacobian", "ntk-vp", "structured"]
@@ -89,12 +90,12 @@ class _Profile:
     def __init__(self, net: nn.Module, x: torch.Tensor) -> None:
         self.params = sum(p.numel() for p in net.parameters() if p.requires_grad)
         self.activations = 0
-        self.layer_inputs: dict[nn.Module, tuple[int, ...]] = {}
+        self.layer_inputs: dict[Dense | Conv, tuple[int, ...]] = {}
         self.flops = 0.0
 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             self.activations += out.numel()
-            if hasattr(module, "flops"):
+            if isinstance(module, WEIGHT_LAYERS):
                 shape = tuple(inputs[0].shape)
                 self.flops += module.flops(shape)
                 self.layer_inputs[module] = shape
@@ -110,7 +111,7 @@ class _Profile:
         self.flops = self.flops or 2.0 * self.params  # unknown layers: ~2 flops per weight
 
 
-def _structured_layers(net: nn.Module) -> list[nn.Module]:
+def _structured_layers(net: nn.Module) -> list[Dense | Conv]:
     if not isinstance(net, Network):
         raise ValueError(f'implementation="structured" needs a net built by ntkcheck '
                          f"(arch.network(...)); got {type(net).__name__}; use \"jacobian\" "
@@ -165,7 +166,8 @@ def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
     f = _flat_outputs(net, params)
 
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        out, pull = vjp(lambda p: f(p, x2), params)
+        # torch.func.vjp's annotation also allows the has_aux triple
+        out, pull = vjp(lambda p: f(p, x2), params)[:2]
         b2, k = out.shape
         basis = torch.eye(b2 * k, dtype=out.dtype, device=out.device).reshape(b2 * k, b2, k)
         (directions,) = vmap(pull)(basis)  # J2^T e for every output e of x2
@@ -205,7 +207,8 @@ def _structured_block(net: Network) -> Block:
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         a1, d1 = inputs_and_deltas(x1)
         a2, d2 = (a1, d1) if x2 is x1 else inputs_and_deltas(x2)
-        return sum(m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers))
+        terms = (m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers))
+        return functools.reduce(torch.add, terms)
 
     return block
 
@@ -265,7 +268,7 @@ def empirical_ntk(
                          "scalar output (build it with outputs=k)")
     z = x1 if x2 is None else x2
     profile = _Profile(net, x1)
-    name = implementation
+    name: str = implementation
     if name == "auto":
         name, costs = _choose(net, len(x1), len(z), k, profile)
         log.debug("empirical_ntk: %s (estimated flops %s)", name, costs)

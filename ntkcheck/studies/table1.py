@@ -295,8 +295,9 @@ def reproduce(
             column = replace(column, fix_first_last=fix_first_last)
         sizes = (_count(column.n_train, n_train, SIZES[data][0]),
                  _count(SIZES[data][1], n_test, SIZES[data][1]))
-        done = {int(r["depth"]) for r in rows if r["column"] == name and r["data"] == DATA[data]
-                and (int(r["n_train"]), int(r["n_test"])) == sizes
+        done = {int(str(r["depth"])) for r in rows
+                if r["column"] == name and r["data"] == DATA[data]
+                and (int(str(r["n_train"])), int(str(r["n_test"]))) == sizes
                 and fixed_first_last(r) == column.fix_first_last}
         if set(depths) <= done:
             log(f"{name}: already in {csv_path}, skipped")
@@ -307,7 +308,7 @@ def reproduce(
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
                          device=device, root=root, work=work, max_seconds=left,
                          progress=progress)
-        rows = [r for r in rows if not (r["column"] == name and int(r["depth"]) in depths)]
+        rows = [r for r in rows if not (r["column"] == name and int(str(r["depth"])) in depths)]
         rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
                                                   int(r["depth"])))  # type: ignore[call-overload]
         write_rows(csv_path, FIELDS, rows)
