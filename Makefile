@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: study demo test bench
+.PHONY: study demo test bench lint
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[lint]"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy ntkcheck
 
 bench: $(STAMP)
 	$(PY) benchmarks/cpu_kernels.py
