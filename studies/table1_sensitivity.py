@@ -2,16 +2,23 @@
 behind Table 1's CNTK-V gap at depths 3 and 4 (our 50k cells are 1.8 and 1.6 points under
 the paper's).
 
-The flatten CNTK (all layers trained) of the requested depths on the CPU; then, per depth:
-the Gram matrix's true condition number (eigvalsh) against ``KernelRegression``'s
-estimate; the accuracy with the kernels rounded to float32; with relative noise eps |K| on
-every entry (3 seeds); and with ridges (multiples of the mean diagonal).
+The flatten CNTK (all layers trained) of the requested depths; then, per depth: the Gram
+matrix's condition number (``KernelRegression``'s estimate, and eigvalsh up to
+``--eigvalsh-max`` images); the accuracy with the kernels rounded to float32; with relative
+noise eps |K| on every entry (symmetric, ``--seeds`` draws); and with ridges (multiples of
+the mean diagonal).
 
-    python studies/table1_sensitivity.py --work DIR --out FILE [--data exact|jpeg]
+    python studies/table1_sensitivity.py --out FILE [--work DIR] [--data exact|jpeg]
         [--n-train N] [--n-test N] [--depths 3,4] [--dtype float64|float32] [--tile T]
+        [--device cpu|cuda] [--data-root DIR] [--noise 1e-6,...] [--ridges 1e-6,...]
+        [--seeds S] [--eigvalsh-max N]
 
-``--work`` keeps the kernel tiles (resumable).  Defaults: the exact-pixel subset (5,085
-training, 1,017 test images), depths 3 and 4, float64, tiles of 1,024 (~30 min on 2 cores).
+``--work`` keeps the kernel tiles (resumable; without it they stay in memory).  Defaults:
+the exact-pixel subset (5,085 training, 1,017 test images), depths 3 and 4, float64 on the
+CPU (~30 min on 2 cores, tiles of 1,024).  On CUDA the kernels are float32 by default (the
+fused kernel) and the regressions run there in float64: the full 50k training set, depths
+3 and 4 (``--data jpeg``), needs ~70 GB of GPU memory (the 20 GB Gram matrix, a perturbed
+copy and its Cholesky factor) and ~24 GB of host memory.
 """
 
 from __future__ import annotations
@@ -27,14 +34,34 @@ import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
 from ntkcheck.studies.table1 import label_targets
 
-NOISE = (1e-6, 1e-5, 1e-4, 1e-3)
-RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+NOISE = "1e-6,1e-5,1e-4,1e-3"
+RIDGES = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
 """Ridges as multiples of the mean of diag(K)."""
+BLOCK = 8192
+"""Rows and columns per block of noise: a 50k Gram's noise is never held whole."""
 
 
 def predictions(k_train, k_test, labels, ridge=0.0):
     model = KernelRegression(ridge=ridge).fit(k_train, label_targets(labels))
-    return model.predict(k_test).argmax(1).numpy(), model
+    return model.predict(k_test).argmax(1).cpu().numpy(), model
+
+
+def perturbed(k: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
+    """k + eps |k| E with E symmetric standard normal (the diagonal blocks' (G + G^T) / sqrt 2
+    keeps their variance), drawn block by block, so a large Gram needs one copy, not three."""
+    out = k.clone()
+    n = k.shape[0]
+    for i in range(0, n, BLOCK):
+        for j in range(i, n, BLOCK):
+            rows, cols = slice(i, i + BLOCK), slice(j, j + BLOCK)
+            e = torch.randn(out[rows, cols].shape, generator=gen, dtype=k.dtype,
+                            device=k.device)
+            if i == j:
+                e = (e + e.T) / 2**0.5
+            out[rows, cols] += eps * k[rows, cols].abs() * e
+            if i != j:
+                out[cols, rows] += eps * k[cols, rows].abs() * e.T
+    return out
 
 
 def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
@@ -47,61 +74,86 @@ def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="folder for the kernel tiles")
+    parser.add_argument("--work", default=None, help="folder for the kernel tiles")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--data", choices=("exact", "jpeg"), default="exact")
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--n-test", type=int, default=None)
     parser.add_argument("--depths", default="3,4")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                        help="of the kernels (default: float64 on the CPU, float32 on CUDA)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="kernel tile side (default: 1,024 on the CPU, 4,096 on CUDA)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--noise", default=NOISE, help="relative noise levels eps")
+    parser.add_argument("--ridges", default=RIDGES, help="ridges / mean(diag K)")
+    parser.add_argument("--seeds", type=int, default=3, help="noise draws per level")
+    parser.add_argument("--eigvalsh-max", type=int, default=10_000,
+                        help="largest training set whose eigenvalues are computed")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     load = nc.data.cifar10_exact if args.data == "exact" else nc.data.cifar10
-    train, labels = load("train", args.n_train)
-    test, test_labels = load("test", args.n_test)
-    dtype = getattr(torch, args.dtype)
-    x, z = (nc.data.standardize(a, reference=train, dtype=dtype) for a in (train, test))
+    train, labels = load("train", args.n_train, args.data_root)
+    test, test_labels = load("test", args.n_test, args.data_root)
+    dtype = getattr(torch, args.dtype or ("float32" if cuda else "float64"))
+    tile = args.tile or (4096 if cuda else 1024)
+    x, z = (nc.data.standardize(a, reference=train, dtype=dtype).to(device)
+            for a in (train, test))
     depths = tuple(int(d) for d in args.depths.split(","))
     arch = nc.CNN(depth=max(depths), pooling="flatten")
-    work = Path(args.work)
     k_train, k_test = (
-        {d: k.double() for d, k in nc.kernel_matrix(arch, a, b, depths=depths, kernel="ntk",
-                                                      out=work / part, tile=args.tile).items()}
+        nc.kernel_matrix(arch, a, b, depths=depths, kernel="ntk", tile=tile,
+                         out=None if args.work is None else Path(args.work) / part)
         for a, b, part in ((x, None, "train"), (z, x, "test")))
+    del x, z
     rows = []
     for depth in depths:
-        k, kt = k_train[depth], k_test[depth]
+        # one depth at a time on the device, in float64: a 50k Gram is 20 GB there
+        k = k_train.pop(depth).to(device, torch.float64)
+        kt = k_test.pop(depth).to(device, torch.float64)
         base, model = predictions(k, kt, labels)
-        eigenvalues = torch.linalg.eigvalsh(k)
         scale = float(k.diagonal().mean())
+        condition = None
+        if len(labels) <= args.eigvalsh_max:
+            eigenvalues = torch.linalg.eigvalsh(k)
+            condition = float(eigenvalues[-1] / eigenvalues[0])
+            del eigenvalues
         row = {
             "depth": depth, "n_train": len(labels), "n_test": len(test_labels),
             **cell(k, kt, labels, test_labels),
-            "condition_eigvalsh": float(eigenvalues[-1] / eigenvalues[0]),
+            "condition_eigvalsh": condition,
             "condition_estimate": model.condition_,
-            "float32_kernels": cell(k.float().double(), kt.float().double(), labels,
-                                    test_labels, base),
+            # kernels computed in float32 already are: no need to round them again
+            "float32_kernels": None if dtype == torch.float32 else cell(
+                k.float().double(), kt.float().double(), labels, test_labels, base),
             "relative_noise": {},
             "ridge_over_mean_diagonal": {f"{r:g}": cell(k, kt, labels, test_labels, base,
-                                                        r * scale) for r in RIDGES},
+                                                        r * scale)
+                                         for r in map(float, args.ridges.split(","))},
         }
-        for eps in NOISE:
+        for eps in map(float, args.noise.split(",")):
             runs = []
-            for seed in range(3):
-                g = torch.Generator().manual_seed(seed)
-                noise = torch.randn(k.shape, generator=g, dtype=k.dtype)
-                noisy = k + eps * k.abs() * (noise + noise.T) / 2**0.5
-                noisy_test = kt + eps * kt.abs() * torch.randn(kt.shape, generator=g,
-                                                               dtype=kt.dtype)
+            for seed in range(args.seeds):
+                g = torch.Generator(device).manual_seed(seed)
+                noisy = perturbed(k, eps, g)
+                noisy_test = kt + eps * kt.abs() * torch.randn(
+                    kt.shape, generator=g, dtype=kt.dtype, device=device)
                 runs.append(cell(noisy, noisy_test, labels, test_labels, base))
+                del noisy, noisy_test
             row["relative_noise"][f"{eps:g}"] = {
                 key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    implementation = "fused kernel" if cuda and dtype == torch.float32 else "torch reference"
+    precision = str(dtype).removeprefix("torch.")
     result = {"study": "table1_sensitivity",
               "data": {"exact": "cifar10-exact-subset", "jpeg": "cifar10-jpeg"}[args.data],
-              "kernel": f"CNTK-V (flatten, all layers trained), {args.dtype} torch "
-                        "reference, CPU; regression in float64",
+              "kernel": f"CNTK-V (flatten, all layers trained), {precision} {implementation}, "
+                        f"{device}; regression in float64 on {device}",
+              "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+              "noise_seeds": args.seeds,
               "torch": torch.__version__, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
