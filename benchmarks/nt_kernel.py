@@ -9,7 +9,7 @@ starts from the unnormalized patch sum, applies c_sigma / q^2 = 2 / q^2 after ea
 activation and reads out a sum (flatten) or mean (GAP) over positions:
 
 * first layer  W_std^2 = d (FC, d inputs) or C q^2 (CNN), so Sigma^(0) = x.x' or the patch sum;
-* later layers W_std^2 = 2 (FC) or 2 (CNN: neural-tangents' conv already averages the q^2 taps);
+* later layers W_std^2 = 2 (for a CNN too: neural-tangents' conv already averages the q^2 taps);
 * readout      W_std^2 = 2 (FC), 2 / q^2 (GAP, a mean) or 2 H W / q^2 (flatten: its Flatten
   averages the H W positions, ntkcheck's trace sums them).
 
@@ -31,6 +31,8 @@ import sys
 import time
 import types
 import warnings
+
+import numpy as np
 
 
 class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -108,8 +110,6 @@ def _to_nt(x):
 
 
 def kernels(arch: str, depth: int, src: str, dst: str, filter_size: int = 3) -> None:
-    import numpy as np
-
     jax, nt = _import_neural_tangents()
     jax.config.update("jax_enable_x64", True)
     got = np.load(src)
@@ -124,8 +124,6 @@ def kernels(arch: str, depth: int, src: str, dst: str, filter_size: int = 3) -> 
 def timing(arch: str, depth: int, n1: int, n2: int, repeats: int = 3) -> dict:
     """Wall seconds of ``repeats`` calls of the jitted float32 NTK of n1 x n2 random
     32x32x3 images (or 3,072-vectors for fc), after a warm-up call that compiles it."""
-    import numpy as np
-
     jax, nt = _import_neural_tangents()
     shape = (3072,) if arch == "fc" else (32, 32, 3)
     fn = jax.jit(kernel_fn(nt.stax, arch, depth, shape), static_argnames="get")
