@@ -12,6 +12,8 @@ import functools
 import importlib.util
 import os
 import re
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,6 +49,12 @@ per entry and layer and 128 registers on sm_90, against 50 and 167), "pointers" 
 address per entry and layer; the faster way before sm_90, where Triton emulates descriptor
 loads with bounds checks and spills: 77 instructions on sm_80), or "auto": TMA on compute
 capability 9.0 and later, and under the interpreter (of Triton 3.6 and later)."""
+
+TMA_FAILURE: str | None = None
+"""Why the TMA variant failed to compile in this process (then "auto" reads the std planes
+through pointers from there on, having warned once), or None.  It has compiled for sm_90
+under Triton 3.4 to 3.6 on a CPU (``benchmarks/cntk_sass.py``) but not yet run on a GPU:
+a Triton or driver that rejects it costs speed, never a result."""
 
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
@@ -99,11 +107,13 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
 
 
 def _use_tma(device: torch.device) -> bool:
-    if STD_LOADS == "auto":
-        if interpreting():
-            return triton_version() >= INTERPRETER_TMA  # type: ignore[operator]
-        return torch.cuda.get_device_capability(device) >= (9, 0)
-    return STD_LOADS == "tma"
+    if STD_LOADS != "auto":
+        return STD_LOADS == "tma"
+    if TMA_FAILURE is not None:
+        return False
+    if interpreting():
+        return triton_version() >= INTERPRETER_TMA  # type: ignore[operator]
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _block(side: int) -> int:
@@ -140,6 +150,84 @@ def _kernel_inputs(
     return x.contiguous(), planes, scales
 
 
+class Launch(NamedTuple):
+    """What ``triton_cntk.cntk_slices`` takes besides the pairs and the output: scaled
+    images, std planes (tensor descriptors if ``tma``) and their scales, and options."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    std1: Any
+    std2: Any
+    std_plane: int
+    scale1: torch.Tensor
+    scale2: torch.Tensor
+    options: dict[str, Any]
+
+    def args(self, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor) -> tuple:
+        tiny = torch.finfo(torch.float32).tiny
+        snap = SNAP_ULPS * torch.finfo(torch.float32).eps
+        return (self.x1, self.x2, self.std1, self.std2, rows, cols, out, self.std_plane,
+                tiny, snap)
+
+
+def launch_for(
+    x1: torch.Tensor, x2: torch.Tensor | None, depths: frozenset[int], *, filter_size: int,
+    gap: bool, fix_first_last: bool, tma: bool,
+) -> Launch:
+    """The kernel's inputs and options for the pairs of ``x1`` and ``x2`` (None: a Gram
+    matrix, both sides x1's), reading the stds by TMA or through pointers."""
+    from triton.tools.tensor_descriptor import TensorDescriptor  # triton is optional
+
+    rules = ConvSamePosition(filter_size)  # its per-image rule serves both readouts
+    deepest = max(depths)
+    copies = 4 if tma and gap else 1  # a GAP slice shifts std2 by any number of columns
+    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap,
+                                       copies if x2 is None else 1)
+    zc, std2, scale2 = ((x1c, std1, scale1) if x2 is None
+                        else _kernel_inputs(rules, x2, deepest - 1, gap, copies))
+    std_plane = std1.stride(2)
+    channels, side_p, side_q = x1.shape[1:]
+    if tma:
+        width = x1c.shape[-1]
+        block = [1, 1, 1, _block(side_p), _block(side_q)]
+        std1, std2 = (TensorDescriptor.from_tensor(s[..., :width], block) for s in (std1, std2))
+    options = dict(
+        P=side_p, Q=side_q, EXTENDED=gap, CHANNELS=channels, RADIUS=rules.radius,
+        SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
+        FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
+        BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
+
+
+def compile_error(launch: Launch) -> str | None:
+    """What compiling the kernel for ``launch`` on the current device raised, or None
+    (also under the interpreter, which compiles nothing)."""
+    from . import triton_cntk
+
+    if interpreting():
+        return None
+    index = torch.zeros(1, dtype=torch.int32, device=launch.x1.device)
+    args = launch.args(index, index, launch.x1.new_empty(1))
+    try:
+        triton_cntk.cntk_slices.warmup(*args, grid=(1, 1), **launch.options)
+    except Exception as error:  # noqa: BLE001 -- any compile failure; the caller says so
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _tma_compiles(launch: Launch) -> bool:
+    """Whether ``launch`` (with TMA loads) compiles; if not, say why (a warning, and
+    ``TMA_FAILURE``), once per process."""
+    global TMA_FAILURE
+    TMA_FAILURE = compile_error(launch)
+    if TMA_FAILURE is not None:
+        warnings.warn(f"ntkcheck: the fused kernel's TMA loads did not compile "
+                      f"({TMA_FAILURE[:500]}); reading the std planes through pointers",
+                      stacklevel=7)
+    return TMA_FAILURE is None
+
+
 def fused_kernels(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -154,35 +242,26 @@ def fused_kernels(
     """CNN NTK and NNGP of every depth in ``depths`` (each >= 2) with the fused kernel.
 
     Same meaning as ``recursion.kernels``; ``max_memory`` bounds the per-slice readout
-    buffer of a launch.
+    buffer of a launch.  With ``STD_LOADS = "auto"``, a TMA variant that does not compile
+    falls back to pointer loads with a warning (``TMA_FAILURE``).
     """
-    from triton.tools.tensor_descriptor import TensorDescriptor  # triton is optional
+    from . import triton_cntk  # triton is optional
 
-    from . import triton_cntk
-
-    rules = ConvSamePosition(filter_size)  # its per-image rule serves both readouts
-    deepest = max(depths)
+    prepare = functools.partial(launch_for, x1, x2, depths, filter_size=filter_size, gap=gap,
+                                fix_first_last=fix_first_last)
+    tma = _use_tma(x1.device)
+    launch = prepare(tma=tma)
+    if tma and STD_LOADS == "auto" and not _tma_compiles(launch):
+        launch = prepare(tma=False)
     symmetric = x2 is None
     z = x1 if x2 is None else x2
-    channels, side_p, side_q = x1.shape[1:]
-    tma = _use_tma(x1.device)
-    copies = 4 if tma and gap else 1  # a GAP slice shifts std2 by any number of columns
-    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap,
-                                       copies if symmetric else 1)
-    zc, std2, scale2 = ((x1c, std1, scale1) if symmetric
-                        else _kernel_inputs(rules, z, deepest - 1, gap, copies))
-    std_plane = std1.stride(2)
-    if tma:
-        width = x1c.shape[-1]
-        block = [1, 1, 1, _block(side_p), _block(side_q)]
-        std1, std2 = (TensorDescriptor.from_tensor(s[..., :width], block) for s in (std1, std2))
+    deepest = max(depths)
+    side_p, side_q = x1.shape[-2:]
     slices = side_p * side_q if gap else 1
     mean = float(side_p * side_q) ** 2 if gap else 1.0
     slot_bytes = slices * 2 * (deepest + 1) * 4
     pairs = max(1, min(PROGRAMS_PER_LAUNCH // slices, max_memory // slot_bytes))
-    mask = sum(1 << d for d in depths)
     device = x1.device
-    eps = torch.finfo(torch.float32).eps
 
     def tile(rows: slice, cols: slice) -> dict[int, Kernels]:
         a = torch.arange(x1.shape[0], device=device)[rows]
@@ -191,16 +270,9 @@ def fused_kernels(
         keep = aa <= bb if symmetric else torch.ones_like(aa, dtype=torch.bool)
         ia, ib = aa[keep].to(torch.int32), bb[keep].to(torch.int32)
         buf = torch.empty(ia.numel(), slices, 2, deepest + 1, device=device)
-        triton_cntk.cntk_slices[(ia.numel(), slices)](
-            x1c, zc, std1, std2, ia, ib, buf, std_plane,
-            torch.finfo(torch.float32).tiny, SNAP_ULPS * eps,
-            P=side_p, Q=side_q, EXTENDED=gap,
-            CHANNELS=channels, RADIUS=rules.radius, SCALE=rules.scale, DEEPEST=deepest,
-            DEPTH_MASK=mask, FIX_FIRST_LAST=fix_first_last, SYMMETRIC=symmetric,
-            PRECISION=PRECISION, TMA=tma, BP=_block(side_p), BQ=_block(side_q),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        )
-        unscale = mean * scale1[ia.long()] * scale2[ib.long()]
+        triton_cntk.cntk_slices[(ia.numel(), slices)](*launch.args(ia, ib, buf),
+                                                      **launch.options)
+        unscale = mean * launch.scale1[ia.long()] * launch.scale2[ib.long()]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
         found = {}
         for d in depths:
@@ -212,4 +284,3 @@ def fused_kernels(
         return found
 
     return tiled(x1, x2, depths, pairs, tile, progress)
-

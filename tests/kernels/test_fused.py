@@ -184,6 +184,31 @@ def test_a_triton_older_than_3_4_is_named_and_auto_falls_back(monkeypatch):
         torch.testing.assert_close(got, arch.ntk(x, backend="torch"))
 
 
+
+def test_tma_that_does_not_compile_falls_back_to_pointers_once(monkeypatch):
+    if not fused._use_tma(torch.device(DEVICE)):
+        pytest.skip("auto does not take TMA here (GPU before sm_90, or interpreter < 3.6)")
+    monkeypatch.setattr(fused, "TMA_FAILURE", None)
+    probed = []
+
+    def rejected(launch):
+        probed.append(launch.options["TMA"])
+        return "CompilationError: no descriptors here"
+
+    monkeypatch.setattr(fused, "compile_error", rejected)
+    x = torch.randn(3, 2, 5, 6, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    arch = nc.CNN(depth=3, pooling="gap")
+    with pytest.warns(UserWarning, match="TMA loads did not compile.*no descriptors.*pointers"):
+        got = arch.ntk(x, backend="triton")
+    assert fused.TMA_FAILURE == "CompilationError: no descriptors here"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # decided once: no second probe, no second warning
+        again = arch.ntk(x, backend="triton")
+    assert probed == [True]
+    want = arch.ntk(x.double(), backend="torch")
+    for k in (got, again):
+        assert ((k.double().cpu() - want.cpu()).abs().max() / want.abs().max()) < TOLERANCE
+
 # ----------------------------------------------------------------- GPU only (pytest -m gpu)
 
 def cifar_images(n: int) -> torch.Tensor:
