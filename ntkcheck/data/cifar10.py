@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._checks import check_int
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 EXACT_SUBSET = "cifar10_exact_subset.npz"
@@ -114,6 +116,39 @@ def cifar10(
     np.savez(partial, images=images, labels=labels)
     os.replace(partial, cached)  # whole or absent, even if interrupted
     return images, labels
+
+
+def write_slice(
+    out: str | os.PathLike[str],
+    n_train: int,
+    n_test: int = SPLIT_SIZES["test"],
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write a data folder ``out`` from which ``cifar10(split, n, root=out)`` reads the first
+    ``n_train`` training and ``n_test`` test images, as from ``root``: a
+    ``cifar10_jpeg.zip`` holding just those JPEG files, copied as they are, and a
+    ``cifar10_exact_subset.npz`` holding just the official label arrays.  What a run on
+    another machine carries instead of the whole data folder (the full zip is 59 MiB; the
+    first 2,000 training and all 10,000 test images take 12 MiB).  Returns ``out``."""
+    for name, n, split in (("n_train", n_train, "train"), ("n_test", n_test, "test")):
+        if check_int(name, n, 0) > SPLIT_SIZES[split]:
+            raise ValueError(f"{name} must be <= {SPLIT_SIZES[split]}, the {split} split's "
+                             f"size; got {n}")
+    folder = data_root(root, JPEG_ZIP)
+    with np.load(data_root(folder, EXACT_SUBSET) / EXACT_SUBSET) as archive:
+        labels = {split: archive[f"labels_{split}_all"] for split in SPLIT_SIZES}
+    names = (official_names("train", labels["train"])[:n_train]
+             + official_names("test", labels["test"])[:n_test])
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    partial = target / (JPEG_ZIP + ".partial")
+    with zipfile.ZipFile(folder / JPEG_ZIP) as full, zipfile.ZipFile(partial, "w") as part:
+        for name in names:
+            part.writestr(name, full.read(name))  # stored: JPEG does not compress further
+    os.replace(partial, target / JPEG_ZIP)
+    np.savez(target / EXACT_SUBSET, labels_train_all=labels["train"],
+             labels_test_all=labels["test"])
+    return target
 
 
 def cifar10_exact(

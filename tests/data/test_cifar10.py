@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntkcheck.data import cifar10, cifar10_exact, data_root, standardize
+from ntkcheck.data import cifar10, cifar10_exact, data_root, standardize, write_slice
 from ntkcheck.data.cifar10 import EXACT_SUBSET, JPEG_ZIP, official_names
 
 
@@ -78,20 +78,26 @@ def test_second_call_reads_the_cache(cache, monkeypatch):
     assert cifar10("test", n=0)[0].shape == (0, 32, 32, 3)
 
 
-def test_a_slice_needs_only_its_images_in_the_zip(tmp_path, cache):
+def test_a_written_slice_serves_its_images_and_only_them(tmp_path, cache):
     """What a GPU run carries: a zip of the images it uses, and the official labels."""
-    names = official_names("test", cifar10("test", n=3)[1])
-    with zipfile.ZipFile(data_root() / JPEG_ZIP) as full, \
-            zipfile.ZipFile(tmp_path / JPEG_ZIP, "w") as part:
-        for name in names:
-            part.writestr(name, full.read(name))
-    with np.load(data_root() / EXACT_SUBSET) as archive:
-        np.savez(tmp_path / EXACT_SUBSET, labels_train_all=archive["labels_train_all"],
-                 labels_test_all=archive["labels_test_all"])
-    images, labels = cifar10("test", n=3, root=tmp_path)
-    np.testing.assert_array_equal(images, cifar10("test", n=3)[0])
+    out = write_slice(tmp_path / "slice", n_train=2, n_test=3)
+    with zipfile.ZipFile(out / JPEG_ZIP) as part:
+        assert sorted(part.namelist()) == sorted(
+            official_names("train", cifar10("train", n=2)[1])
+            + official_names("test", cifar10("test", n=3)[1]))
+    with np.load(out / EXACT_SUBSET) as labels:
+        assert sorted(labels.files) == ["labels_test_all", "labels_train_all"]
+    for split, n in (("train", 2), ("test", 3)):
+        images, labels = cifar10(split, n=n, root=out)
+        want_images, want_labels = cifar10(split, n=n)
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
     with pytest.raises(ValueError, match="has no test/"):
-        cifar10("test", n=4, root=tmp_path)
+        cifar10("test", n=4, root=out)
+    with pytest.raises(ValueError, match="n_test must be <= 10000"):
+        write_slice(tmp_path / "bad", n_train=1, n_test=10_001)
+    with pytest.raises(TypeError, match="n_train must be an int"):
+        write_slice(tmp_path / "bad", n_train=2.0)
 
 
 def test_names_follow_the_per_class_count():
