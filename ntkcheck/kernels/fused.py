@@ -52,9 +52,10 @@ capability 9.0 and later, and under the interpreter (of Triton 3.6 and later).""
 
 TMA_FAILURE: str | None = None
 """Why the TMA variant failed to compile in this process (then "auto" reads the std planes
-through pointers from there on, having warned once), or None.  It has compiled for sm_90
-under Triton 3.4 to 3.6 on a CPU (``benchmarks/cntk_sass.py``) but not yet run on a GPU:
-a Triton or driver that rejects it costs speed, never a result."""
+through pointers from there on, having warned once), or None.  It compiles for sm_90 under
+Triton 3.4 to 3.6 on a CPU (``benchmarks/cntk_sass.py``; in CI,
+``tests/kernels/test_fused_compiles.py``) but has not yet run on a GPU: a Triton or driver
+that rejects it costs speed, never a result."""
 
 PROGRAMS_PER_LAUNCH = 2**18
 """Programs (pair x slice) per launch: enough to fill a GPU many times over."""
