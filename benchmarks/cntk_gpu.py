@@ -181,7 +181,7 @@ def guarded(case: dict, fn, *args, **kwargs):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(RESULTS / "cntk_gpu.json"))
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--flatten-n", type=int, default=8192,

@@ -123,6 +123,6 @@ def write(name: str, result: dict[str, object]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gram50", action="store_true", help="the 50 x 50 GAP Gram run")
     gram50() if parser.parse_args().gram50 else table()

@@ -45,7 +45,7 @@ def timed(net, x, implementation, device) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--out", default=None)

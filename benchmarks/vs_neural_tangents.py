@@ -103,7 +103,7 @@ def speed(python: str, arch: str, depth: int, n1: int, n2: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default=sys.executable,
                         help="an interpreter with jax and neural-tangents")
     parser.add_argument("--out", default=str(RESULTS / "neural_tangents_cpu.json"))

@@ -73,7 +73,7 @@ def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=None, help="folder for the kernel tiles")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--data", choices=("exact", "jpeg"), default="exact")
