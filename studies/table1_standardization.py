@@ -33,7 +33,7 @@ def predicted_classes(train, labels, test, reference, depths, tile, work):
     arch = nc.CNN(depth=max(depths), pooling="flatten")
     k_train, k_test = (
         nc.kernel_matrix(arch, a, b, depths=depths, kernel="ntk", tile=tile,
-                         out=None if work is None else work / part, progress=True)
+                         out=None if work is None else work / part)
         for a, b, part in ((x, None, "train"), (z, x, "test")))
     return {d: KernelRegression().fit(k_train[d], label_targets(labels))
             .predict(k_test[d]).argmax(1).numpy() for d in depths}
