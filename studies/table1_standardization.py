@@ -53,18 +53,17 @@ def main() -> None:
     everything, all_labels = nc.data.cifar10("train", None, args.data_root)
     train, labels = everything[: args.n_train], all_labels[: args.n_train]
     test, test_labels = nc.data.cifar10("test", args.n_test, args.data_root)
-    found = {}
-    for name, reference in (("column", train), ("all_50k", everything)):
-        work = None if args.work is None else args.work / name
-        found[name] = predicted_classes(train, labels, test, reference, depths, args.tile,
-                                        work)
+    references = {"column": train, "all_50k": everything}
+    found = {name: predicted_classes(train, labels, test, reference, depths, args.tile,
+                                     None if args.work is None else args.work / name)
+             for name, reference in references.items()}
     rows = [{"depth": d,
              **{f"accuracy_{name}": round(100 * float(np.mean(p[d] == test_labels)), 2)
                 for name, p in found.items()},
              "predictions_changed": int((found["column"][d] != found["all_50k"][d]).sum())}
             for d in depths]
     statistics = {f"{name}_{stat}": [round(float(v), 5) for v in f(ref / 255.0, (0, 1, 2))]
-                  for name, ref in (("column", train), ("all_50k", everything))
+                  for name, ref in references.items()
                   for stat, f in (("mean", np.mean), ("std", np.std))}
     result = {"study": "table1_standardization", "data": "cifar10-jpeg",
               "kernel": "CNTK-V (flatten, all layers trained), float64 torch reference, cpu; "
