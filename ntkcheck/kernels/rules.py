@@ -25,6 +25,16 @@ _IMAGE_AXES = ((-2,), (-1,))
 _PAIR_AXES = ((-4, -2), (-3, -1))
 
 
+def _channel_dot(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """sum_c x1[..., c, i, j] x2[..., c, i, j], the channel dim being -3, one channel at a
+    time: as a batched matmul (one C-long product per position) it ran 20x slower on the CPU.
+    Identical inputs get the same bits here whether they come as one image or as a pair."""
+    out = x1[..., 0, :, :] * x2[..., 0, :, :]
+    for c in range(1, x1.shape[-3]):
+        out += x1[..., c, :, :] * x2[..., c, :, :]
+    return out
+
+
 class Dense:
     """Fully-connected net (Eq. 6-9): c' = c_sigma, no patch sum, scalar readout."""
 
@@ -61,7 +71,7 @@ class _Conv:
 
     def input_var(self, x: torch.Tensor) -> torch.Tensor:
         # Sigma^(0)(x, x)_{ij,ij}: patch sum of the channel-summed squared pixels.
-        return self.image_layer((x * x).sum(1))
+        return self.image_layer(_channel_dot(x, x))
 
     def image_layer(self, v: torch.Tensor) -> torch.Tensor:
         return patch_sum(v, _IMAGE_AXES, self.radius)
@@ -75,7 +85,7 @@ class ConvSamePosition(_Conv):
         return input_shape[-2] * input_shape[-1]
 
     def input_cov(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return self.pair_layer(torch.einsum("ncij,mcij->nmij", x1, x2))
+        return self.pair_layer(_channel_dot(x1[:, None], x2[None]))
 
     def outer(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
         return s1[:, None] * s2[None, :]
