@@ -1,0 +1,101 @@
+"""This checkout's CPU kernels against an earlier revision's, timed in one process, in turns.
+
+On a shared 2-core VM the same code runs up to 2x slower from one run to the next, so two
+separate runs of `cpu_kernels.py` cannot show a 20-40% change.  Here both versions are
+loaded side by side (the base from ``git archive REV``) and each repetition times the base
+and then this checkout on the same inputs; the best and the median of the repetitions are
+compared.  Rows: CNTK-GAP and CNTK-V at depths 3 and 21 (the sizes of `cpu_kernels.py`),
+float64 and float32.
+
+    python benchmarks/cpu_versions.py --base 260eb37   -> benchmarks/results/cpu_versions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cpu_kernels import SIZES, inputs, machine, versions, write
+
+import ntkcheck as nc
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS: dict[str, dict[str, Any]] = {"CNTK-V": {"pooling": "flatten"},
+                                     "CNTK-GAP": {"pooling": "gap", "fix_first_last": True}}
+DEPTHS = (3, 21)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def load_revision(rev: str, into: Path):
+    """The ``ntkcheck`` package of git revision ``rev``, imported as ``ntkcheck_base``."""
+    archive = into / "base.tar"
+    git("archive", "-o", str(archive), rev, "ntkcheck")
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    spec = importlib.util.spec_from_file_location(
+        "ntkcheck_base", into / "ntkcheck" / "__init__.py",
+        submodule_search_locations=[str(into / "ntkcheck")])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ntkcheck_base"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(base, kernel: str, depth: int, dtype: torch.dtype, repeats: int) -> dict:
+    n1, n2 = SIZES[kernel][depth]
+    x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
+    archs = {"base": base.CNN(depth=depth, **KERNELS[kernel]),
+             "this": nc.CNN(depth=depth, **KERNELS[kernel])}
+    seconds: dict[str, list[float]] = {name: [] for name in archs}
+    for arch in archs.values():
+        arch.ntk(x1[:1], x2[:1])  # warm-up
+    for _ in range(repeats):
+        for name, arch in archs.items():
+            start = time.perf_counter()
+            arch.ntk(x1, x2)
+            seconds[name].append(time.perf_counter() - start)
+    row: dict[str, object] = {"kernel": kernel, "depth": depth,
+                              "dtype": str(dtype).removeprefix("torch."),
+                              "pairs": n1 * n2, "repeats": repeats}
+    for name, runs in seconds.items():
+        row[f"{name}_us_per_pair"] = round(min(runs) / (n1 * n2) * 1e6, 3)
+        row[f"{name}_us_per_pair_median"] = round(float(np.median(runs)) / (n1 * n2) * 1e6, 3)
+    row["speedup_median"] = round(float(np.median(seconds["base"]) / np.median(seconds["this"])), 2)
+    print(row, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    this = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", "ntkcheck"):
+        this += " with uncommitted changes to ntkcheck/"
+    with tempfile.TemporaryDirectory() as tmp:
+        base = load_revision(args.base, Path(tmp))
+        rows = [compare(base, kernel, depth, dtype, args.repeats)
+                for dtype in (torch.float64, torch.float32)
+                for kernel in KERNELS for depth in DEPTHS]
+    write("cpu_versions.json", {"benchmark": "cpu_versions", "machine": machine(),
+                                "versions": versions(), "base": args.base,
+                                "this": this, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
