@@ -2,10 +2,10 @@
 
 On a shared 2-core VM the same code runs up to 2x slower from one run to the next, so two
 separate runs of `cpu_kernels.py` cannot show a 20-40% change.  Here both versions are
-loaded side by side (the base from ``git archive REV``) and each repetition times the base
-and then this checkout on the same inputs; the best and the median of the repetitions are
-compared.  Rows: CNTK-GAP and CNTK-V at depths 3 and 21 (the sizes of `cpu_kernels.py`),
-float64 and float32.
+loaded side by side (the base from ``git archive REV``) and each repetition times both on
+the same inputs, the base first on even repetitions and last on odd ones; the best and the
+median of the repetitions are compared.  Rows: CNTK-GAP and CNTK-V at depths 3 and 21 (the
+sizes of `cpu_kernels.py`), float64 and float32.
 
     python benchmarks/cpu_versions.py --base 260eb37   -> benchmarks/results/cpu_versions.json
 """
@@ -63,8 +63,9 @@ def compare(base, kernel: str, depth: int, dtype: torch.dtype, repeats: int) -> 
     seconds: dict[str, list[float]] = {name: [] for name in archs}
     for arch in archs.values():
         arch.ntk(x1[:1], x2[:1])  # warm-up
-    for _ in range(repeats):
-        for name, arch in archs.items():
+    turns = list(archs.items())
+    for repeat in range(repeats):
+        for name, arch in turns if repeat % 2 == 0 else turns[::-1]:  # neither always first
             start = time.perf_counter()
             arch.ntk(x1, x2)
             seconds[name].append(time.perf_counter() - start)
