@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def git(*args: str) -> str:
                           check=True).stdout.strip()
 
 
-def load_revision(rev: str, into: Path):
+def load_revision(rev: str, into: Path) -> types.ModuleType:
     """The ``ntkcheck`` package of git revision ``rev``, imported as ``ntkcheck_base``."""
     archive = into / "base.tar"
     git("archive", "-o", str(archive), rev, "ntkcheck")
@@ -55,7 +56,9 @@ def load_revision(rev: str, into: Path):
     return module
 
 
-def compare(base, kernel: str, depth: int, dtype: torch.dtype, repeats: int) -> dict:
+def compare(
+    base: types.ModuleType, kernel: str, depth: int, dtype: torch.dtype, repeats: int
+) -> dict:
     n1, n2 = SIZES[kernel][depth]
     x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
     archs = {"base": base.CNN(depth=depth, **KERNELS[kernel]),
