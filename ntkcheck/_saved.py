@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +21,36 @@ def fingerprint(x: torch.Tensor | np.ndarray) -> str:
 
 def claim(folder: Path, manifest: dict[str, object]) -> None:
     """Create ``folder`` for the computation ``manifest`` describes, or check that it already
-    holds that one (a ValueError names what differs)."""
+    holds that one (a ValueError names what differs).  Safe when several processes claim
+    one folder at once: the first manifest written is the one every process checks."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "manifest.json"
-    if path.exists():
-        found = json.loads(path.read_text())
-        differ = [k for k in manifest if found.get(k) != manifest[k]]
-        if differ:
-            raise ValueError(
-                f"{str(folder)!r} holds the saved work of a different computation "
-                f"({', '.join(differ)} differ); use another folder, or delete this one to "
-                "start over"
-            )
-        return
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    if not path.exists():
+        partial = _partial(path)
+        partial.write_text(json.dumps(manifest, indent=1) + "\n")
+        try:
+            os.link(partial, path)  # whole, and only if no other process got there first
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink()
+    found = json.loads(path.read_text())
+    differ = [k for k in manifest if found.get(k) != manifest[k]]
+    if differ:
+        raise ValueError(
+            f"{str(folder)!r} holds the saved work of a different computation "
+            f"({', '.join(differ)} differ); use another folder, or delete this one to "
+            "start over"
+        )
+
+
+def _partial(path: Path) -> Path:
+    """A side file for ``path``, this thread's own (two may write one path at once)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
 
 
 def save(value: object, path: Path) -> None:
     """``torch.save`` to a side file, then rename it over ``path``: whole or absent."""
-    partial = path.with_suffix(".partial")
+    partial = _partial(path)
     torch.save(value, partial)
     os.replace(partial, path)

@@ -1,4 +1,4 @@
-"""Large kernel matrices in tiles on disk: resumable, and the unit a multi-GPU run splits.
+"""Large kernel matrices in tiles on disk: resumable, and split between processes.
 
 ``kernel_matrix(arch, X1, X2, depths=..., out=DIR)`` computes the NTK and NNGP (or one of
 them) of every requested depth tile by tile (only the upper-triangle tiles of a Gram
@@ -6,6 +6,9 @@ matrix), writes each finished tile to ``DIR`` at once (atomically), and on a re-
 same ``DIR`` loads the tiles already there instead of computing them.  ``DIR/manifest.json``
 records what is being computed (architecture, depths, sizes, tile, kernel, dtype and a
 fingerprint of the inputs), so a folder is never resumed with different inputs or settings.
+``kernel_tiles(..., out=DIR, shard=(i, k))`` computes only the i-th of k shares of the
+tiles, so that k processes (GPUs, machines) split one matrix; ``kernel_matrix`` with the
+same ``DIR`` then assembles it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, NamedTuple, overload
 
 import torch
 
@@ -38,6 +41,107 @@ def _manifest(arch: _Architecture, x1: torch.Tensor, x2: torch.Tensor | None,
         "gram": x2 is None, "dtype": str(x1.dtype).removeprefix("torch."),
         "x1": fingerprint(x1), "x2": None if x2 is None else fingerprint(x2),
     }
+
+
+Shard = tuple[int, int]
+"""(index, count): the index-th of count shares of a matrix's tiles, index in [0, count)."""
+
+
+class _Tiles(NamedTuple):
+    """One matrix's tiles and how to compute, save and load each (``out`` may be None)."""
+
+    arch: _Architecture
+    x1: torch.Tensor
+    x2: torch.Tensor | None
+    depths: frozenset[int]
+    names: tuple[str, ...]
+    folder: Path | None
+    tile: int
+    backend: Backend
+    max_memory: int
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return self.x1.shape[0], (self.x1 if self.x2 is None else self.x2).shape[0]
+
+    def corners(self) -> list[tuple[int, int]]:
+        """Tile corners (row, column) in row order: the upper triangle's for a Gram."""
+        n1, n2 = self.sizes
+        gram = self.x2 is None
+        return [(r, c) for r in range(0, n1, self.tile)
+                for c in range(r if gram else 0, n2, self.tile)]
+
+    def pairs(self, corner: tuple[int, int]) -> int:
+        return tile_pairs(*self.sizes, *corner, self.tile, self.tile, self.x2 is None)
+
+    def path(self, corner: tuple[int, int]) -> Path:
+        """Where the tile is saved (there is a ``folder``)."""
+        assert self.folder is not None
+        return self.folder / f"tile_{corner[0]:07d}_{corner[1]:07d}.pt"
+
+    def saved(self, corner: tuple[int, int]) -> bool:
+        return self.folder is not None and self.path(corner).exists()
+
+    def load(self, corner: tuple[int, int]) -> dict[tuple[int, str], torch.Tensor]:
+        """A saved tile, as ``compute`` returned it."""
+        return torch.load(self.path(corner))
+
+    def compute(self, corner: tuple[int, int]) -> dict[tuple[int, str], torch.Tensor]:
+        """The tile's kept kernels {(depth, name): block} on the CPU, saved if ``out``."""
+        r, c = corner
+        rows, cols = slice(r, r + self.tile), slice(c, c + self.tile)
+        diagonal = self.x2 is None and r == c
+        found = self.arch._kernels(
+            self.x1[rows], None if diagonal else (self.x1 if self.x2 is None else self.x2)[cols],
+            self.depths, max_memory=self.max_memory, progress=False, backend=self.backend,
+        )
+        block = {(d, name): getattr(k, name).cpu() for d, k in found.items()
+                 for name in self.names}
+        if self.folder is not None:
+            save(block, self.path(corner))
+        return block
+
+
+def _tiles(
+    arch: _Architecture, x1: object, x2: object, depths: Iterable[int] | None,
+    out: str | os.PathLike[str] | None, tile: int, backend: Backend, max_memory: int,
+    kernel: Which,
+) -> _Tiles:
+    """The checked arguments of ``kernel_matrix`` / ``kernel_tiles``, ``out`` claimed."""
+    x1, x2 = check_inputs(x1, x2, arch._rank, arch._layout)
+    chosen = check_depths(arch.depth if depths is None else depths, arch.min_depth, arch.depth)
+    check_int("tile", tile, 1, " (rows and columns per tile)")
+    if kernel not in WHICH:
+        raise ValueError(f"kernel must be one of {WHICH}; got {kernel!r}")
+    folder = None if out is None else Path(out)
+    if folder is not None:
+        claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel))
+    names = ("ntk", "nngp") if kernel == "both" else (kernel,)
+    return _Tiles(arch, x1, x2, chosen, names, folder, tile, backend, max_memory)
+
+
+def _share(tiles: _Tiles, shard: Shard) -> list[tuple[int, int]]:
+    """The tiles of ``shard``: the largest tile first to the share with the fewest pairs so
+    far (ties to the lowest index), so shares differ by at most one tile's pairs, and every
+    process given the same sizes and count draws the same shares."""
+    index, count = shard
+    load = [0] * count
+    mine = []
+    for corner in sorted(tiles.corners(), key=lambda t: -tiles.pairs(t)):
+        lightest = min(range(count), key=lambda i: (load[i], i))
+        load[lightest] += tiles.pairs(corner)
+        if lightest == index:
+            mine.append(corner)
+    return sorted(mine)
+
+
+def _check_shard(shard: object) -> Shard:
+    if not (isinstance(shard, tuple) and len(shard) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be a tuple (index, count) of ints with "
+                         f"0 <= index < count; got {shard!r}")
+    return shard
 
 
 @overload
@@ -80,47 +184,60 @@ def kernel_matrix(
     nothing touches the disk.  The matrices are assembled on the CPU in the inputs' dtype,
     so n1 * n2 * len(depths) entries per kept kernel must fit in memory.  ``progress`` shows
     pairs done, pairs/s and ETA; ``backend`` and ``max_memory`` are as in ``arch.ntk``.
+    To split the work between processes, see ``kernel_tiles``.
     """
-    x1, x2 = check_inputs(x1, x2, arch._rank, arch._layout)
-    chosen = check_depths(arch.depth if depths is None else depths, arch.min_depth, arch.depth)
-    check_int("tile", tile, 1, " (rows and columns per tile)")
-    if kernel not in WHICH:
-        raise ValueError(f"kernel must be one of {WHICH}; got {kernel!r}")
-    names = ("ntk", "nngp") if kernel == "both" else (kernel,)
-    folder = None if out is None else Path(out)
-    if folder is not None:
-        claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel))
-    gram = x2 is None
-    z = x1 if x2 is None else x2
-    n1, n2 = x1.shape[0], z.shape[0]
-    tiles = [(r, c) for r in range(0, n1, tile) for c in range(r if gram else 0, n2, tile)]
-
-    def pairs(r: int, c: int) -> int:
-        return tile_pairs(n1, n2, r, c, tile, tile, gram)
-
-    matrices = {(d, name): torch.zeros(n1, n2, dtype=x1.dtype)
-                for d in sorted(chosen) for name in names}
-    saved = {t: folder / f"tile_{t[0]:07d}_{t[1]:07d}.pt" for t in tiles} if folder else {}
-    todo = [t for t in tiles if not (t in saved and saved[t].exists())]
-    with Progress(sum(pairs(*t) for t in todo), "kernel pairs", enabled=progress) as bar:
-        for r, c in tiles:
-            rows, cols = slice(r, r + tile), slice(c, c + tile)
-            if (r, c) in todo:
-                found = arch._kernels(
-                    x1[rows], None if gram and r == c else z[cols], chosen,
-                    max_memory=max_memory, progress=False, backend=backend,
-                )
-                block = {(d, name): getattr(k, name).cpu()
-                         for d, k in found.items() for name in names}
-                if folder is not None:
-                    save(block, saved[r, c])
-                bar.advance(pairs(r, c))
+    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
+    n1, n2 = tiles.sizes
+    gram = tiles.x2 is None
+    matrices = {(d, name): torch.zeros(n1, n2, dtype=tiles.x1.dtype)
+                for d in sorted(tiles.depths) for name in tiles.names}
+    todo = {t for t in tiles.corners() if not tiles.saved(t)}
+    with Progress(sum(tiles.pairs(t) for t in todo), "kernel pairs", enabled=progress) as bar:
+        for corner in tiles.corners():
+            if corner in todo:
+                block = tiles.compute(corner)
+                bar.advance(tiles.pairs(corner))
             else:
-                block = torch.load(saved[r, c])
+                block = tiles.load(corner)
+            rows, cols = (slice(v, v + tile) for v in corner)
             for key, k in block.items():
                 matrices[key][rows, cols] = k
-                if gram and r != c:
+                if gram and corner[0] != corner[1]:
                     matrices[key][cols, rows] = k.T
     if kernel == "both":
-        return {d: Kernels(matrices[d, "ntk"], matrices[d, "nngp"]) for d in sorted(chosen)}
-    return {d: matrices[d, kernel] for d in sorted(chosen)}
+        return {d: Kernels(matrices[d, "ntk"], matrices[d, "nngp"]) for d in sorted(tiles.depths)}
+    return {d: matrices[d, kernel] for d in sorted(tiles.depths)}
+
+
+def kernel_tiles(
+    arch: _Architecture,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    out: str | os.PathLike[str],
+    shard: Shard = (0, 1),
+    depths: Iterable[int] | None = None,
+    tile: int = DEFAULT_TILE,
+    progress: bool = True,
+    backend: Backend = "auto",
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    kernel: Which = "both",
+) -> int:
+    """Compute and save in ``out`` the tiles of ``shard`` = (index, count) of the matrix that
+    ``kernel_matrix`` with the same arguments computes, without assembling it; returns how
+    many tiles this call computed (those already in ``out`` are skipped, so it resumes).
+
+    Run once per index, with the same inputs and ``out``, by ``count`` processes (a GPU
+    each, ``CUDA_VISIBLE_DEVICES``, or machines whose ``out`` folders are then copied into
+    one: tiles are named by their position), then ``kernel_matrix(..., out=out)`` loads
+    them all.  Shares are balanced by pairs (a Gram's diagonal tiles count half).
+    """
+    index, count = _check_shard(shard)
+    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
+    todo = [t for t in _share(tiles, (index, count)) if not tiles.saved(t)]
+    unit = f"kernel pairs, shard {index} of {count}"
+    with Progress(sum(tiles.pairs(t) for t in todo), unit, enabled=progress) as bar:
+        for corner in todo:
+            tiles.compute(corner)
+            bar.advance(tiles.pairs(corner))
+    return len(todo)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 
 import pytest
 import torch
 
 import ntkcheck as nc
+from ntkcheck.kernel_matrix import _share, _tiles
 
 ARCH = nc.CNN(depth=4, pooling="gap", fix_first_last=True)
 
@@ -103,3 +106,63 @@ def test_bad_arguments():
         nc.kernel_matrix(ARCH, torch.randn(3, 4))
     with pytest.raises(ValueError, match="kernel must be one of"):
         nc.kernel_matrix(ARCH, images(2, 5), kernel="ntkk")
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+def test_shards_split_the_tiles_and_kernel_matrix_assembles_them(tmp_path, monkeypatch, cross):
+    x1, x2 = images(9, 7), (images(5, 8) if cross else None)
+    computed = [nc.kernel_tiles(ARCH, x1, x2, out=tmp_path, shard=(i, 3), tile=2,
+                                progress=False) for i in range(3)]
+    # 5 x 3 tiles, or the upper triangle of 5 x 5
+    assert sum(computed) == 15 == len(list(tmp_path.glob("tile_*.pt")))
+    assert min(computed) >= 4  # balanced: no share left (nearly) empty
+    calls = counting(monkeypatch)
+    got = nc.kernel_matrix(ARCH, x1, x2, out=tmp_path, tile=2, progress=False)
+    assert calls == []  # every tile came from the shards
+    torch.testing.assert_close(got[4].ntk, ARCH.ntk(x1, x2), rtol=1e-12, atol=0)
+    torch.testing.assert_close(got[4].nngp, ARCH.nngp(x1, x2), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("n", "tile", "count"), [(10, 3, 4), (50, 7, 3), (6, 2, 8)])
+def test_shares_partition_the_tiles_balanced_by_pairs(n, tile, count):
+    tiles = _tiles(ARCH, images(n, 9), None, None, None, tile, "auto", 2**30, "both")
+    shares = [_share(tiles, (i, count)) for i in range(count)]
+    assert sorted(t for s in shares for t in s) == sorted(tiles.corners())
+    loads = [sum(tiles.pairs(t) for t in s) for s in shares]
+    assert max(loads) - min(loads) <= tile * tile
+
+
+def test_a_shard_resumes(tmp_path, monkeypatch):
+    x = images(10, 9)
+    calls = counting(monkeypatch)
+    assert nc.kernel_tiles(ARCH, x, out=tmp_path, shard=(1, 2), tile=3, progress=False) == 5
+    mine = sorted(tmp_path.glob("tile_*.pt"))
+    assert len(mine) == 5  # of the 10 tiles of the upper triangle of 4 x 4
+    mine[2].unlink()
+    assert nc.kernel_tiles(ARCH, x, out=tmp_path, shard=(1, 2), tile=3, progress=False) == 1
+    assert len(calls) == 6
+
+
+def _one_shard(folder, index):
+    torch.set_num_threads(1)
+    return nc.kernel_tiles(ARCH, images(8, 10), out=folder, shard=(index, 2), tile=2,
+                           progress=False)
+
+
+def test_two_processes_share_one_folder(tmp_path, monkeypatch):
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        done = list(pool.map(_one_shard, [tmp_path, tmp_path], [0, 1]))
+    assert sum(done) == 10 and min(done) == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("tile_")) == [
+        "manifest.json"]  # no side files left
+    calls = counting(monkeypatch)
+    got = nc.kernel_matrix(ARCH, images(8, 10), out=tmp_path, tile=2, progress=False)
+    assert calls == []
+    torch.testing.assert_close(got[4].ntk, ARCH.ntk(images(8, 10)), rtol=1e-12, atol=0)
+
+
+def test_bad_shards():
+    for shard in [(3, 3), (-1, 2), [0, 1], (0, 1.0), (True, 2), (0,)]:
+        with pytest.raises(ValueError, match=r"shard must be a tuple \(index, count\)"):
+            nc.kernel_tiles(ARCH, images(2, 5), out="unused", shard=shard)
