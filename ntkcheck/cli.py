@@ -1,6 +1,7 @@
 """Command line.
 
 ``ntkcheck demo`` prints an exact CNTK Gram matrix of CIFAR-10 images;
+``ntkcheck kernel`` computes the kernel matrices of .npy inputs, resumably, in shards;
 ``ntkcheck reproduce table1`` reproduces the paper's CIFAR-10 Table 1;
 ``ntkcheck study {init,drift,agreement}`` measures finite nets against the NTK theory.
 """
@@ -10,11 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from .architectures import CNN
+from .architectures import CNN, FC
 from .data import CLASSES, cifar10_exact, standardize
+from .kernel_matrix import kernel_matrix, kernel_tiles
+from .kernels.recursion import Kernels
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -44,6 +49,60 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected I/K with 0 <= I < K; got {text!r}")
+    return shard
+
+
+def _device(name: str | None) -> torch.device:
+    """--device, default cuda where there is one; a clear error where there is none."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def _inputs(name: str, path: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    array = np.load(path)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a .npy file of one numeric array; got {path!r}")
+    return torch.from_numpy(array).to(device, dtype)
+
+
+def _kernel(args: argparse.Namespace) -> None:
+    if args.arch == "fc":
+        if args.pooling is not None or args.filter_size is not None:
+            raise ValueError("--pooling and --filter-size are for --arch cnn")
+        arch: FC | CNN = FC(depth=args.depth, fix_first_last=args.fix_first_last)
+    else:
+        arch = CNN(depth=args.depth, pooling=args.pooling or "flatten",
+                   filter_size=args.filter_size or 3, fix_first_last=args.fix_first_last)
+    device = _device(args.device)
+    dtype = {"float32": torch.float32, "float64": torch.float64, None: (
+        torch.float32 if device.type == "cuda" else torch.float64)}[args.dtype]
+    x1 = _inputs("--x1", args.x1, device, dtype)
+    x2 = None if args.x2 is None else _inputs("--x2", args.x2, device, dtype)
+    options = dict(depths=args.depths, out=args.out, tile=args.tile, kernel=args.kernel,
+                   progress=not args.quiet)
+    if args.shard is not None:
+        done = kernel_tiles(arch, x1, x2, shard=args.shard, **options)
+        print(f"shard {args.shard[0]}/{args.shard[1]}: computed {done} tiles into {args.out}; "
+              "once every shard is done, the same command without --shard assembles them")
+        return
+    for depth, found in kernel_matrix(arch, x1, x2, **options).items():
+        kept = found._asdict() if isinstance(found, Kernels) else {args.kernel: found}
+        for name, matrix in kept.items():
+            path = Path(args.out) / f"{name}_depth{depth}.npy"
+            np.save(path, matrix.numpy())
+            print(f"wrote {path} ({matrix.shape[0]} x {matrix.shape[1]}, {matrix.dtype})")
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from .studies import table1
 
@@ -52,9 +111,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             raise ValueError(f"{name} must be >= 1; got {value}")
     if not args.depths or any(d < 3 or d > 64 for d in args.depths):
         raise ValueError(f"--depths must be ints between 3 and 64; got {args.depths}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    device = _device(args.device)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     fix = {None: None, "yes": True, "no": False}[args.fix_first_last]
     if args.max_seconds is not None and not (args.work and args.max_seconds > 0):
@@ -62,7 +119,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                          f"are kept) and a value > 0; got {args.max_seconds}")
     try:
         table1.reproduce(columns, args.depths, out=args.out, data=args.data,
-                         n_train=args.n_train, n_test=args.n_test, device=device,
+                         n_train=args.n_train, n_test=args.n_test, device=device.type,
                          root=args.data_root, work=args.work, fix_first_last=fix,
                          max_seconds=args.max_seconds, progress=not args.quiet)
     except table1.TimeLimitReached as stopped:
@@ -75,9 +132,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> None:
     from .studies import convergence
 
-    device = args.device or "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    device = _device(args.device or "cpu").type  # float64 studies: the CPU unless asked
     convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
                     widths=args.widths, seeds=args.seeds)
     print(f"wrote {args.out}/{args.study}.csv, {args.study}_summary.json, {args.study}.png "
@@ -96,6 +151,40 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--float32", action="store_true", help="compute in float32")
     demo.add_argument("--data-root", default=None, help="folder with the CIFAR-10 files")
     demo.set_defaults(run=_demo)
+
+    kernel = commands.add_parser(
+        "kernel", help="kernel matrices of .npy inputs, in tiles on disk (resumable, shards)",
+        description="The exact NTK / NNGP matrices of an architecture on the inputs of .npy "
+        "files ((n, d) for fc, (n, C, H, W) for cnn), computed in tiles saved in --out, so "
+        "that a re-run resumes; written as OUT/ntk_depthD.npy and OUT/nngp_depthD.npy.  To "
+        "split the work, run it once per shard I = 0..K-1 with --shard I/K (a GPU each, or "
+        "machines whose --out folders are then copied into one), then once without --shard "
+        "to assemble the matrices.")
+    kernel.add_argument("--arch", choices=["fc", "cnn"], required=True)
+    kernel.add_argument("--depth", type=int, required=True,
+                        help="weight layers including the readout")
+    kernel.add_argument("--pooling", choices=["flatten", "gap"], default=None,
+                        help="cnn only (default flatten)")
+    kernel.add_argument("--filter-size", type=int, default=None, help="cnn only (default 3)")
+    kernel.add_argument("--fix-first-last", action="store_true",
+                        help="the first and readout layer are not trained")
+    kernel.add_argument("--x1", required=True, help=".npy file of the first inputs")
+    kernel.add_argument("--x2", default=None,
+                        help=".npy file of the second inputs (default: the Gram matrix of x1)")
+    kernel.add_argument("--depths", type=_int_list, default=None,
+                        help="comma-separated depths read out of the one pass (default "
+                        "--depth)")
+    kernel.add_argument("--kernel", choices=["both", "ntk", "nngp"], default="both")
+    kernel.add_argument("--out", required=True, help="folder of the tiles and the matrices")
+    kernel.add_argument("--tile", type=int, default=256, help="rows and columns per tile")
+    kernel.add_argument("--shard", type=_shard, default=None, metavar="I/K",
+                        help="compute only the I-th of K shares of the tiles")
+    kernel.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default cuda if available")
+    kernel.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                        help="default float32 on cuda (the fused kernel), float64 on cpu")
+    kernel.add_argument("--quiet", action="store_true", help="no progress bar")
+    kernel.set_defaults(run=_kernel)
 
     reproduce = commands.add_parser("reproduce", help="reproduce the paper's CIFAR-10 Table 1")
     reproduce.add_argument("what", choices=["table1"])

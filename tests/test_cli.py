@@ -1,7 +1,13 @@
-"""The command line: the demo end to end on a tiny setting, one-line errors."""
+"""The command line: the demo and the kernel command end to end on tiny settings, one-line
+errors."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+import torch
+
+import ntkcheck as nc
 from ntkcheck.cli import main
 
 
@@ -18,3 +24,51 @@ def test_bad_arguments_give_one_line_errors(capsys, tmp_path):
     assert main(["demo", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("ntkcheck: error: ") for line in err)
+
+
+def test_kernel_writes_the_matrices_and_shards_assemble(tmp_path, capsys):
+    x1 = np.random.default_rng(0).standard_normal((5, 2, 4, 4))
+    x2 = np.random.default_rng(1).standard_normal((3, 2, 4, 4))
+    np.save(tmp_path / "x1.npy", x1)
+    np.save(tmp_path / "x2.npy", x2.astype(np.float32))  # converted to --dtype (float64)
+    common = ["kernel", "--arch", "cnn", "--depth", "4", "--pooling", "gap", "--x1",
+              str(tmp_path / "x1.npy"), "--depths", "3,4", "--tile", "2", "--quiet",
+              "--device", "cpu"]
+    for i in range(2):
+        assert main([*common, "--out", str(tmp_path / "gram"), "--shard", f"{i}/2"]) == 0
+    assert "shard 1/2: computed" in capsys.readouterr().out
+    assert not list((tmp_path / "gram").glob("*.npy"))
+    assert main([*common, "--out", str(tmp_path / "gram")]) == 0
+    assert main([*common, "--out", str(tmp_path / "cross"), "--x2", str(tmp_path / "x2.npy"),
+                 "--kernel", "ntk"]) == 0
+    arch = nc.CNN(depth=4, pooling="gap")
+    t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2.astype(np.float32)).double()
+    for d in (3, 4):
+        for name in ("ntk", "nngp"):
+            got = np.load(tmp_path / "gram" / f"{name}_depth{d}.npy")
+            want = getattr(arch, name)(t1, depths=[d])[d]
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=0)
+        got = np.load(tmp_path / "cross" / f"ntk_depth{d}.npy")
+        np.testing.assert_allclose(got, arch.ntk(t1, t2, depths=[d])[d].numpy(), rtol=1e-12)
+    assert not (tmp_path / "cross" / "nngp_depth3.npy").exists()
+
+
+def test_kernel_bad_arguments_give_one_line_errors(capsys, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 3)))
+    x = str(tmp_path / "x.npy")
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", x, "--pooling", "gap",
+                 *out]) == 2
+    assert main(["kernel", "--arch", "cnn", "--depth", "3", "--x1", x, *out]) == 2  # rank 2
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "no.npy"),
+                 *out]) == 2
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npz"),
+                 *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("ntkcheck: error: ") for line in err)
+    assert "--pooling and --filter-size are for --arch cnn" in err[0]
+    assert "(n, C, H, W)" in err[1] and "--x1" in err[3]
+    with pytest.raises(SystemExit):
+        main(["kernel", "--arch", "fc", "--depth", "3", "--x1", x, *out, "--shard", "2/2"])
+    assert "expected I/K with 0 <= I < K" in capsys.readouterr().err
