@@ -166,3 +166,17 @@ def test_bad_shards():
     for shard in [(3, 3), (-1, 2), [0, 1], (0, 1.0), (True, 2), (0,)]:
         with pytest.raises(ValueError, match=r"shard must be a tuple \(index, count\)"):
             nc.kernel_tiles(ARCH, images(2, 5), out="unused", shard=shard)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_shards_on_cuda_float32_assemble_to_the_fused_kernel(tmp_path):
+    x = images(9, 11).to("cuda", torch.float32)
+    for i in range(2):
+        nc.kernel_tiles(ARCH, x, out=tmp_path, shard=(i, 2), depths=(3, 4), tile=4,
+                        progress=False)
+    got = nc.kernel_matrix(ARCH, x, out=tmp_path, depths=(3, 4), tile=4, progress=False)
+    want = ARCH.ntk(x, depths=(3, 4))
+    for d in (3, 4):
+        assert got[d].ntk.dtype == torch.float32 and got[d].ntk.device.type == "cpu"
+        torch.testing.assert_close(got[d].ntk, want[d].cpu(), rtol=1e-6, atol=0)
