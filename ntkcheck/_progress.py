@@ -13,6 +13,7 @@ class Progress:
     def __init__(self, total: int, unit: str, *, enabled: bool = True) -> None:
         self.total, self.unit, self.enabled = total, unit, enabled
         self.done = 0
+        self.shown = False
         self._start = self._drawn = time.perf_counter()
 
     def __enter__(self) -> Progress:
@@ -26,6 +27,7 @@ class Progress:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
+        self.shown = True
         elapsed = now - self._start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
@@ -41,5 +43,5 @@ class Progress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.enabled:
+        if self.shown:  # end the line drawn; an empty job (nothing to do) drew none
             sys.stderr.write("\n")
