@@ -117,15 +117,19 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.max_seconds is not None and not (args.work and args.max_seconds > 0):
         raise ValueError(f"--max-seconds needs --work (where a stopped column's finished parts "
                          f"are kept) and a value > 0; got {args.max_seconds}")
+    if args.shard is not None and not args.work:
+        raise ValueError("--shard needs --work, the folder where the shards meet")
     try:
         table1.reproduce(columns, args.depths, out=args.out, data=args.data,
                          n_train=args.n_train, n_test=args.n_test, device=device.type,
                          root=args.data_root, work=args.work, fix_first_last=fix,
-                         max_seconds=args.max_seconds, progress=not args.quiet)
+                         max_seconds=args.max_seconds, shard=args.shard,
+                         progress=not args.quiet)
     except table1.TimeLimitReached as stopped:
         print(f"ntkcheck: {stopped}; run the same command again to continue", file=sys.stderr)
         return 3
-    print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
+    if args.shard is None or args.shard[0] == 0:
+        print(f"wrote {args.out}/table1.csv, table1.md and table1.png")
     return 0
 
 
@@ -217,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="stop between test chunks rather than run past this many "
                            "seconds (needs --work; exit status 3, and the same command "
                            "continues)")
+    reproduce.add_argument("--shard", type=_shard, default=None, metavar="I/K",
+                           help="split each column between K processes sharing --work, "
+                           "started together (one per GPU): this one is shard I; shard 0 "
+                           "fits and writes the table")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(run=_reproduce)
 

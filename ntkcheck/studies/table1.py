@@ -13,6 +13,7 @@ column tests on all 10,000 test images and reads all its depths out of one kerne
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 from .._saved import claim, fingerprint, save
 from ..architectures import CNN
 from ..data import cifar10, cifar10_exact, standardize
-from ..kernel_matrix import kernel_matrix
+from ..kernel_matrix import Shard, kernel_matrix, kernel_tiles
 from ..regression import KernelRegression
 from ._files import read_rows, write_rows
 
@@ -132,6 +133,24 @@ class TimeLimitReached(RuntimeError):
     parts are saved in its ``work`` folder, and the same call again continues."""
 
 
+POLL_SECONDS = 10.0
+"""How often a shard looks for the parts that other shards compute (``run_column``)."""
+
+
+def _wait_for(paths: Sequence[Path], what: str, deadline: float | None, progress: bool) -> None:
+    """Return once every file of ``paths`` exists (other shards write them), saying how many
+    are still awaited whenever that changes; ``TimeLimitReached`` if ``deadline`` passes."""
+    reported = None
+    while missing := sum(not path.exists() for path in paths):
+        if deadline is not None and _clock() > deadline:
+            raise TimeLimitReached(f"stopped within the time limit while waiting for {missing} "
+                                   f"of {len(paths)} {what}")
+        if progress and missing != reported:
+            print(f"waiting for {missing} of {len(paths)} {what}", file=sys.stderr)
+            reported = missing
+        time.sleep(POLL_SECONDS)
+
+
 def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict],
                      before_computing: Callable[[], None] = lambda: None) -> dict:
     """``compute()``'s dict, saved to ``path`` (with ``inputs``, the fingerprint of what it
@@ -152,6 +171,26 @@ def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict]
     return found
 
 
+def _share_name(index: int, count: int) -> str:
+    return f"{index}of{count}.json"
+
+
+def _gram_share(arch: CNN, x_train: torch.Tensor, depths: Sequence[int], column: Column,
+                shard: Shard, tiles: Path, shares: Path, progress: bool) -> None:
+    """Shard ``shard``'s tiles of the training Gram matrix into ``tiles`` (as the fit's
+    ``kernel_matrix`` keeps them), then its record in ``shares``: the seconds all its runs
+    spent on them, and where."""
+    start = time.perf_counter()
+    kernel_tiles(arch, x_train, out=tiles, shard=shard, depths=depths, kernel="ntk",
+                 tile=TILES[column.pooling], progress=progress)
+    record = shares / _share_name(*shard)
+    before = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
+    shares.mkdir(exist_ok=True)
+    record.with_suffix(".partial").write_text(json.dumps(
+        {"seconds": before + time.perf_counter() - start, "device": device_name(x_train.device)}))
+    record.with_suffix(".partial").replace(record)
+
+
 def run_column(
     column: Column,
     depths: Sequence[int],
@@ -163,6 +202,7 @@ def run_column(
     root: str | None = None,
     work: str | os.PathLike[str] | None = None,
     max_seconds: float | None = None,
+    shard: Shard | None = None,
     progress: bool = True,
 ) -> list[dict[str, object]]:
     """Table 1 rows of one column, one per depth, from one kernel pass over all depths.
@@ -180,10 +220,19 @@ def run_column(
     test chunk that would end past that many seconds from the call, judging by the chunk
     before it.  (The column's first and last layers are fixed or trained as
     ``column.fix_first_last`` says.)
+
+    ``shard`` = (index, count) splits the column between ``count`` processes that share
+    ``work`` (one per GPU; all started at once): each computes its share of the Gram tiles
+    (``kernel_tiles``); shard 0 waits for every share, fits and saves ``fit.pt``, which the
+    others wait for; each then predicts every count-th test chunk; shard 0 waits for all
+    chunks and returns the rows, the others return [].  Waiting polls ``work`` every
+    ``POLL_SECONDS`` and counts against ``max_seconds``; a shard that died is re-run with
+    the same arguments and resumes.  ``seconds`` then sums every shard's compute time.
     """
-    if max_seconds is not None and work is None:
-        raise ValueError("max_seconds needs a work folder, where a stopped column's finished "
-                         "parts are kept")
+    for needs, given in (("max_seconds", max_seconds), ("shard", shard)):
+        if given is not None and work is None:
+            raise ValueError(f"{needs} needs a work folder, where a stopped column's finished "
+                             "parts are kept and shards meet")
     deadline = None if max_seconds is None else _clock() + max_seconds
     device = torch.device(device)
     train_count = column.n_train if n_train is None else min(column.n_train, n_train)
@@ -204,14 +253,29 @@ def run_column(
         return kernel_matrix(arch, x1, x2, depths=depths, kernel="ntk", out=out,
                              tile=TILES[column.pooling], progress=progress)
 
+    shares = None if folder is None else folder / "gram_shares"
+
     def fit() -> dict:
         k_train = kernels(x_train, None)
         models = {d: KernelRegression(ridge="auto").fit(k_train.pop(d).to(device),
                                                         label_targets(labels))
                   for d in sorted(depths)}
-        return {"models": models, "device": device_name(device)}
+        spent = [json.loads(p.read_text()) for p in sorted(shares.glob("*.json"))] if shares else []
+        return {"models": models, "device": device_name(device),
+                "gram_seconds": sum(s["seconds"] for s in spent),
+                "gram_devices": sorted({s["device"] for s in spent})}
 
-    fitted = _load_or_compute(None if folder is None else folder / "fit.pt", trained_on, fit)
+    fit_path = None if folder is None else folder / "fit.pt"
+    if shard is not None:
+        assert folder is not None and shares is not None and fit_path is not None
+        _gram_share(arch, x_train, depths, column, shard, folder / "train", shares, progress)
+        if shard[0] == 0:
+            _wait_for([shares / _share_name(i, shard[1]) for i in range(shard[1])],
+                      "shares of the Gram matrix", deadline, progress)
+        else:
+            _wait_for([fit_path], "fits (shard 0 fits once every Gram share is done)",
+                      deadline, progress)
+    fitted = _load_or_compute(fit_path, trained_on, fit)
 
     def predict(part: slice) -> dict:
         if progress:
@@ -231,12 +295,25 @@ def run_column(
                 f"{column.name} stopped within its time limit: {len(chunks)} of {len(parts)}"
                 f" test chunks done, kept in {folder}")
 
-    for part in parts:
-        path = None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
-        chunks.append(_load_or_compute(path, fingerprint(x_test[part]),
-                                       functools.partial(predict, part), in_time))
-    seconds = fitted["seconds"] + sum(c["seconds"] for c in chunks)
-    devices = " + ".join(sorted({fitted["device"]} | {c["device"] for c in chunks}))
+    def chunk_path(part: slice) -> Path | None:
+        return None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
+
+    def chunk(part: slice) -> dict:
+        return _load_or_compute(chunk_path(part), fingerprint(x_test[part]),
+                                functools.partial(predict, part), in_time)
+
+    for part in parts if shard is None else parts[shard[0]::shard[1]]:
+        chunks.append(chunk(part))
+    if shard is not None:
+        if shard[0] != 0:
+            return []
+        awaited = [path for path in map(chunk_path, parts) if path is not None]
+        _wait_for(awaited, "test chunks", deadline, progress)
+        chunks = [chunk(part) for part in parts]
+    seconds = (fitted["seconds"] + fitted.get("gram_seconds", 0.0)
+               + sum(c["seconds"] for c in chunks))
+    devices = " + ".join(sorted({fitted["device"], *fitted.get("gram_devices", ())}
+                                | {c["device"] for c in chunks}))
     rows = []
     for depth in sorted(depths):
         scores = torch.cat([c["scores"][depth] for c in chunks])
@@ -267,6 +344,7 @@ def reproduce(
     work: str | os.PathLike[str] | None = None,
     fix_first_last: bool | None = None,
     max_seconds: float | None = None,
+    shard: Shard | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
@@ -277,7 +355,9 @@ def reproduce(
     not recomputed, so a re-run resumes after the last finished column; with ``work``, an
     unfinished column resumes from its saved parts (see ``run_column``).  ``max_seconds``
     bounds the whole call: a column that would run past it stops between test chunks
-    (``TimeLimitReached``; the CSV keeps the columns finished before it).
+    (``TimeLimitReached``; the CSV keeps the columns finished before it).  ``shard`` =
+    (index, count) splits every column between count processes sharing ``work`` (see
+    ``run_column``); shard 0 writes the files, the others return [] and write nothing.
     """
     start = _clock()
     unknown = [c for c in columns if c not in COLUMNS]
@@ -306,8 +386,11 @@ def reproduce(
             f"depths {sorted(depths)}, on {device}")
         left = None if max_seconds is None else max_seconds - (_clock() - start)
         new = run_column(column, depths, data=data, n_train=n_train, n_test=n_test,
-                         device=device, root=root, work=work, max_seconds=left,
+                         device=device, root=root, work=work, max_seconds=left, shard=shard,
                          progress=progress)
+        if shard is not None and shard[0] != 0:
+            log(f"{name}: shard {shard[0]} of {shard[1]} did its share; shard 0 writes the rows")
+            continue
         rows = [r for r in rows if not (r["column"] == name and int(str(r["depth"])) in depths)]
         rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
                                                   int(r["depth"])))  # type: ignore[call-overload]
@@ -315,6 +398,8 @@ def reproduce(
         for r in new:
             log(f"  depth {r['depth']:>2}: {r['accuracy']:.2f}% (paper {r['paper']}) "
                 f"in {r['seconds']} s, ridge {r['ridge']}")
+    if shard is not None and shard[0] != 0:
+        return []
     from .table1_report import write_figure, write_markdown  # matplotlib only when writing
 
     write_markdown(rows, folder / "table1.md")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import shutil
 
@@ -196,3 +197,38 @@ def test_a_time_limit_stops_between_chunks_and_the_same_command_continues(
 def test_a_time_limit_needs_work_and_a_positive_value(tmp_path, capsys, limit):
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path), *limit]) == 2
     assert "--max-seconds needs --work" in capsys.readouterr().err
+
+
+def test_shards_split_a_column_into_the_same_cells(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(table1, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(table1, "TILES", {"flatten": 2, "gap": 2})  # a 3 x 3 grid of tiles
+    monkeypatch.setattr(table1, "TEST_CHUNK_PAIRS", {"flatten": 12, "gap": 12})  # 3 chunks
+    assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path / "alone")]) == 0
+    work = tmp_path / "work"
+
+    def shard(i):  # the limit only keeps a failing test from waiting forever
+        return main([*TINY, "--columns", "CNTK-V-2K", "--work", str(work), "--max-seconds",
+                     "120", "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3"])
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(shard, [2, 1, 0])) == [0, 0, 0]
+    alone, sharded = (read_csv(tmp_path / f / "table1.csv") for f in ("alone", "s0"))
+    assert [r["accuracy"] for r in sharded] == [r["accuracy"] for r in alone]
+    assert not (tmp_path / "s1" / "table1.csv").exists()
+    folder = work / "CNTK-V-2K" / "trained"
+    assert len(list((folder / "train").glob("tile_*.pt"))) == 6
+    assert len(list((folder / "test").glob("scores_*.pt"))) == 3
+    assert sorted(p.name for p in (folder / "gram_shares").iterdir()) == [
+        "0of3.json", "1of3.json", "2of3.json"]
+    assert "shard 1 of 3 did its share" in capsys.readouterr().out
+
+
+def test_a_shard_waits_within_its_time_limit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(table1, "POLL_SECONDS", 0.02)
+    args = [*TINY, "--columns", "CNTK-V-2K", "--work", str(tmp_path / "w"), "--out",
+            str(tmp_path / "t1")]
+    assert main([*args, "--shard", "1/2", "--max-seconds", "0.5"]) == 3  # nobody fits
+    assert "while waiting for 1 of 1 fits" in capsys.readouterr().err
+    assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path / "t1"),
+                 "--shard", "0/2"]) == 2
+    assert "--shard needs --work" in capsys.readouterr().err
