@@ -32,8 +32,10 @@ def claim(folder: Path, manifest: dict[str, object]) -> None:
             os.link(partial, path)  # whole, and only if no other process got there first
         except FileExistsError:
             pass
+        except OSError:  # a filesystem without hard links: a rename, whole but not exclusive
+            os.replace(partial, path)
         finally:
-            partial.unlink()
+            partial.unlink(missing_ok=True)
     found = json.loads(path.read_text())
     differ = [k for k in manifest if found.get(k) != manifest[k]]
     if differ:

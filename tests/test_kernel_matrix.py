@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
+import os
 
 import pytest
 import torch
@@ -180,3 +181,17 @@ def test_shards_on_cuda_float32_assemble_to_the_fused_kernel(tmp_path):
     for d in (3, 4):
         assert got[d].ntk.dtype == torch.float32 and got[d].ntk.device.type == "cpu"
         torch.testing.assert_close(got[d].ntk, want[d].cpu(), rtol=1e-6, atol=0)
+
+
+def test_a_folder_is_claimed_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    x = images(4, 12)
+    got = nc.kernel_matrix(ARCH, x, out=tmp_path, tile=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("tile_")) == [
+        "manifest.json"]
+    torch.testing.assert_close(got[4].ntk, ARCH.ntk(x), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="different computation"):
+        nc.kernel_matrix(ARCH, x + 1, out=tmp_path, tile=2, progress=False)
