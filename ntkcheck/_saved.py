@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,18 @@ def _partial(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
 
 
-def save(value: object, path: Path) -> None:
-    """``torch.save`` to a side file, then rename it over ``path``: whole or absent."""
+def _whole(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` to a side file, then rename it over ``path``: whole or absent."""
     partial = _partial(path)
-    torch.save(value, partial)
+    write(partial)
     os.replace(partial, path)
+
+
+def save(value: object, path: Path) -> None:
+    """``torch.save`` of ``value`` to ``path``, whole or not at all."""
+    _whole(path, lambda partial: torch.save(value, partial))
+
+
+def save_text(text: str, path: Path) -> None:
+    """``text`` to ``path``, whole or not at all."""
+    _whole(path, lambda partial: partial.write_text(text))

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .._saved import claim, fingerprint, save
+from .._saved import claim, fingerprint, save, save_text
 from ..architectures import CNN
 from ..data import cifar10, cifar10_exact, standardize
 from ..kernel_matrix import Shard, kernel_matrix, kernel_tiles
@@ -186,9 +186,8 @@ def _gram_share(arch: CNN, x_train: torch.Tensor, depths: Sequence[int], column:
     record = shares / _share_name(*shard)
     before = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
     shares.mkdir(exist_ok=True)
-    record.with_suffix(".partial").write_text(json.dumps(
-        {"seconds": before + time.perf_counter() - start, "device": device_name(x_train.device)}))
-    record.with_suffix(".partial").replace(record)
+    save_text(json.dumps({"seconds": before + time.perf_counter() - start,
+                          "device": device_name(x_train.device)}), record)
 
 
 def run_column(
