@@ -151,14 +151,19 @@ def _wait_for(paths: Sequence[Path], what: str, deadline: float | None, progress
         time.sleep(POLL_SECONDS)
 
 
+# A fit's saved estimators load under torch.load's weights_only default.  Registered once:
+# the safe_globals context manager swaps a process-wide list and restores it on exit, so two
+# threads loading at once (shards run as threads) could each remove the other's entry.
+torch.serialization.add_safe_globals([KernelRegression])
+
+
 def _load_or_compute(path: Path | None, inputs: str, compute: Callable[[], dict],
                      before_computing: Callable[[], None] = lambda: None) -> dict:
     """``compute()``'s dict, saved to ``path`` (with ``inputs``, the fingerprint of what it
     was computed from) as soon as it is done; a saved one for the same inputs is reused.
     ``before_computing`` runs only when there is something to compute."""
     if path is not None and path.exists():
-        with torch.serialization.safe_globals([KernelRegression]):  # a fit's estimators
-            saved = torch.load(path, map_location="cpu")
+        saved = torch.load(path, map_location="cpu")
         if saved["inputs"] == inputs:
             return saved
     before_computing()
