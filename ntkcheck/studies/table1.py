@@ -335,6 +335,16 @@ def run_column(
     return rows
 
 
+def merge_rows(rows: Sequence[dict[str, object]],
+               new: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """``rows`` with the cells of ``new`` (a column at a depth) added or replacing theirs,
+    in the table's order: by column, then depth."""
+    cells = {(str(r["column"]), int(str(r["depth"]))) for r in new}
+    kept = [r for r in rows if (str(r["column"]), int(str(r["depth"]))) not in cells]
+    return sorted([*kept, *new], key=lambda r: (list(COLUMNS).index(str(r["column"])),
+                                                int(str(r["depth"]))))
+
+
 def reproduce(
     columns: Sequence[str] = DEFAULT_COLUMNS,
     depths: Sequence[int] = DEPTHS,
@@ -395,9 +405,7 @@ def reproduce(
         if shard is not None and shard[0] != 0:
             log(f"{name}: shard {shard[0]} of {shard[1]} did its share; shard 0 writes the rows")
             continue
-        rows = [r for r in rows if not (r["column"] == name and int(str(r["depth"])) in depths)]
-        rows = sorted(rows + new, key=lambda r: (list(COLUMNS).index(str(r["column"])),
-                                                  int(r["depth"])))  # type: ignore[call-overload]
+        rows = merge_rows(rows, new)
         write_rows(csv_path, FIELDS, rows)
         for r in new:
             log(f"  depth {r['depth']:>2}: {r['accuracy']:.2f}% (paper {r['paper']}) "
