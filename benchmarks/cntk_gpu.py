@@ -7,6 +7,7 @@ cross matrices of n1 x n2 pairs; each row is the median of REPEATS timed runs af
 warm-up (compilation excluded), timed end to end (per-image stds and readout sums included).
 
     python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--flatten-n N] [--skip-nt]
+                                  [--nt-seconds S]
 
 writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
 "accuracy": [...], "flatten_all_depths": {...}, "tma_failure"}, rewritten after every
@@ -147,12 +148,13 @@ def flatten_all_depths(x: torch.Tensor, n: int) -> dict:
     return out
 
 
-def neural_tangents(depth: int, n1: int, n2: int) -> dict:
-    """neural-tangents' GAP NTK on the GPU through nt_kernel.py (jax beside torch there)."""
+def neural_tangents(depth: int, n1: int, n2: int, seconds: float) -> dict:
+    """neural-tangents' GAP NTK on the GPU through nt_kernel.py (jax beside torch there),
+    given at most ``seconds`` (jax's compilation included)."""
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("nt_kernel.py")),
                            "time", "gap", str(depth), str(n1), str(n2)],
-                          capture_output=True, text=True, env=env, timeout=240)
+                          capture_output=True, text=True, env=env, timeout=seconds)
     if done.returncode != 0:
         # the traceback's end, not just its last line: "AssertionError" alone said nothing
         reason = "\n".join(done.stderr.strip().splitlines()[-12:]) or "no output"
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--flatten-n", type=int, default=8192,
                         help="Gram size of the all-depths CNTK-V pass")
     parser.add_argument("--skip-nt", action="store_true", help="skip neural-tangents")
+    parser.add_argument("--nt-seconds", type=float, default=240,
+                        help="time limit of each neural-tangents depth, compilation included")
     args = parser.parse_args()
     x = cifar(64, args.data_root)
     out = Path(args.out)
@@ -222,7 +226,8 @@ def main() -> None:
     add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     if not args.skip_nt:  # last: a jax that compiles slowly or hangs costs only its own rows
         for depth in (11, 21):
-            add(None, {"impl": "neural-tangents", "depth": depth}, neural_tangents, depth, 4, 4)
+            add(None, {"impl": "neural-tangents", "depth": depth}, neural_tangents, depth, 4, 4,
+                args.nt_seconds)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
