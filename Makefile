@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: study demo test bench lint
+.PHONY: study demo test bench lint gpu-prepare
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	python3 -m venv $(VENV)
@@ -25,3 +25,6 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cpu_kernels.py
+
+gpu-prepare: $(STAMP)
+	$(PY) benchmarks/gpu_session.py prepare

@@ -1,0 +1,364 @@
+"""The GPU checks of a device call, prepared without a GPU: steps in turn, inside one budget.
+
+A session lent a GPU has 15 minutes of device time in all, each machine start (a minute or
+more) counted in; one command runs at most 10 minutes, a machine stays warm 30 s after a
+call, and at most 8 files come back from $OUT (16 MiB each).  So a GPU session's work is
+two calls of this script, the first short enough to leave time to run it again:
+
+    python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
+    # device run 1, carry ["carry"], timeout_s 330: the tests, then the timings
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 300 --steps pytest,bench
+    # device run 2 at once (warm), timeout_s S + 30, S = the device time left less 60
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k
+    python benchmarks/gpu_session.py unpack DIR       # here: the GAP-2K work that came back
+
+``run`` takes the named steps in order (``STEPS``).  Each gets what is left of ``--seconds``
+(at most its own cap, less ``RESERVE`` for what follows the last step), is killed with
+every process it started when that runs out, and writes its output to a log in ``--out``;
+a step that fails or is cut off does not stop the next, and one with less time left than
+it needs is skipped.  ``OUT/session.json`` records the device and every step (commands,
+exit statuses, seconds, cut off or skipped), rewritten after each; the last lines printed
+are the same as a table.  The GAP-2K step resumes from ``carry/work`` and packs what it
+finished (the fitted weights and test chunks, not the Gram tiles) into
+``OUT/gap2k_work.tar.NN`` parts, which ``unpack`` restores into ``carry/`` and keeps in
+``SAVED_WORK``, so that ``prepare`` in a later session carries it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY = Path("carry")
+"""Relative to the repository root: the git-ignored folder a device call carries."""
+DATA = CARRY / "data"  # the exact-pixel subset: the GPU tests and the benchmark
+GAP2K_DATA = CARRY / "g2k"  # the first 2,000 training and all 10,000 test JPEG files
+WHEELS = CARRY / "whl"  # neural-tangents for the benchmark (the GPU image has jax)
+WORK = CARRY / "work"
+GAP2K_OUT = CARRY / "gap2k"
+RESULTS = Path("studies/results")  # the committed Table 1 (table1.csv, .md, .png)
+SAVED_WORK = RESULTS / "table1_gap2k_work.tar"
+"""Committed between GPU sessions while the CNTK-GAP-2K column is unfinished."""
+NT_WHEELS = ("neural-tangents==0.6.5", "frozendict==2.5.1")
+SITE = "/tmp/ntkcheck-site"  # where the device call installs the carried wheels
+PACK = "gap2k_work.tar"
+PART_BYTES = 15 * 2**20  # a file from $OUT may hold 16 MiB
+MAX_FILES = 8  # files that come back from $OUT
+TRAVEL_BYTES = 64 * 2**20  # what a device call may send: the working tree and carry/
+TAIL_LINES = 12  # of each step's log, printed as the step ends
+RESERVE = 15.0
+"""Seconds kept back from the steps for packing and the summary."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One check: commands run in turn, their output together in ``OUT/<log>``.
+    ``commands(seconds, out)`` builds them for the seconds the step is given."""
+
+    name: str
+    log: str
+    cap: float  # seconds at most
+    need: float  # skipped with fewer seconds than this left
+    commands: Callable[[float, Path], list[list[str]]]
+    env: Callable[[], dict[str, str]] = dict
+    after: Callable[[Path], dict] | None = None  # run once the commands end, its record kept
+    ok: tuple[int, ...] = (0,)  # exit statuses of the last command that mean success
+
+
+def _pytest(seconds: float, out: Path) -> list[list[str]]:
+    return [[sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rs",
+             "-p", "no:cacheprovider"]]
+
+
+def _bench(seconds: float, out: Path) -> list[list[str]]:
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+               "--no-compile", "--target", SITE, *map(str, sorted(WHEELS.glob("*.whl")))]
+    # neural-tangents comes last in the benchmark, so a slow jax costs only its own rows
+    bench = [sys.executable, "benchmarks/cntk_gpu.py", "--data-root", str(DATA),
+             "--out", str(out / "cntk_gpu.json"), "--nt-seconds", "90"]
+    return [install, bench] if install[-1].endswith(".whl") else [bench]
+
+
+def _gap2k(seconds: float, out: Path) -> list[list[str]]:
+    # stop between test chunks with time left to save the last one
+    return [[sys.executable, "-m", "ntkcheck.cli", "reproduce", "table1",
+             "--columns", "CNTK-GAP-2K", "--device", "cuda", "--data-root", str(GAP2K_DATA),
+             "--work", str(WORK), "--out", str(GAP2K_OUT),
+             "--max-seconds", str(int(seconds - 20))]]
+
+
+def _pack_gap2k(out: Path) -> dict:
+    return pack([WORK, GAP2K_OUT], out / PACK, max_files=MAX_FILES - _files(out))
+
+
+STEPS = {s.name: s for s in (
+    Step("pytest", "gpu_pytest.log", cap=200, need=60, commands=_pytest,
+         env=lambda: {"NTKCHECK_DATA": str(DATA)}),
+    Step("bench", "cntk_gpu.log", cap=300, need=60, commands=_bench,
+         env=lambda: {"PYTHONPATH": SITE}),
+    Step("gap2k", "gap2k.log", cap=600, need=120, commands=_gap2k, after=_pack_gap2k,
+         ok=(0, 3)),  # 3: stopped in time between test chunks; the same call continues
+)}
+
+
+def _files(folder: Path) -> int:
+    return sum(p.is_file() for p in folder.iterdir())
+
+
+def _run_command(argv: Sequence[str], log, env: dict[str, str], seconds: float) -> dict:
+    """``argv`` with its output appended to ``log``, killed (with every process it started)
+    after ``seconds``: its exit status, seconds, and whether it was cut off."""
+    start = time.monotonic()
+    log.write(f"$ {' '.join(argv)}\n")
+    log.flush()
+    try:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)  # its own group, killed whole
+    except OSError as error:
+        log.write(f"could not start: {error}\n")
+        return {"argv": list(argv), "rc": None, "seconds": 0.0, "error": str(error)}
+    try:
+        rc = process.wait(timeout=max(seconds, 0.0))
+        cut = False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        rc, cut = process.wait(), True
+        log.write(f"\n[cut off after {seconds:.1f} s]\n")
+    log.flush()
+    return {"argv": list(argv), "rc": rc, "seconds": round(time.monotonic() - start, 1),
+            "cut_off": cut}
+
+
+def run_step(step: Step, seconds: float, out: Path) -> dict:
+    """``step``'s commands in turn within ``seconds`` in all; its record."""
+    deadline = time.monotonic() + seconds
+    env = dict(os.environ)
+    for name, value in step.env().items():  # prepended to a search path, else set
+        env[name] = f"{value}{os.pathsep}{env[name]}" if name.endswith("PATH") and \
+            env.get(name) else value
+    record: dict = {"step": step.name, "given_seconds": round(seconds, 1), "log": step.log,
+                    "commands": []}
+    with (out / step.log).open("a") as log:
+        for argv in step.commands(seconds, out):
+            done = _run_command(argv, log, env, deadline - time.monotonic())
+            record["commands"].append(done)
+            if done.get("cut_off"):
+                break
+    last = record["commands"][-1] if record["commands"] else {}
+    record.update(rc=last.get("rc"), ok=last.get("rc") in step.ok,
+                  cut_off=bool(last.get("cut_off")),
+                  seconds=round(sum(c["seconds"] for c in record["commands"]), 1))
+    if step.after is not None:
+        try:
+            record["after"] = step.after(out)
+        except Exception as error:  # noqa: BLE001 -- recorded; the session goes on
+            record["after"] = {"error": f"{type(error).__name__}: {error}"}
+    return record
+
+
+def device() -> str | None:
+    """The GPU as nvidia-smi names it (with its driver and memory), or None without one."""
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() or None
+
+
+def run(steps: Sequence[Step], seconds: float, out: Path,
+        reserve: float = RESERVE) -> dict:
+    """Every step in turn inside ``seconds`` (see the module's docstring); the session's
+    record, also written to ``OUT/session.json`` after each step."""
+    start = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    session: dict = {"device": device(), "seconds": seconds, "steps": []}
+
+    def write() -> None:
+        session["wall_seconds"] = round(time.monotonic() - start, 1)
+        (out / "session.json").write_text(json.dumps(session, indent=1) + "\n")
+
+    write()
+    for step in steps:
+        left = seconds - reserve - (time.monotonic() - start)
+        if left < step.need:
+            session["steps"].append({"step": step.name, "skipped":
+                                     f"{max(left, 0):.0f} s left, needs {step.need:.0f}"})
+        else:
+            print(f"[{step.name}] up to {min(step.cap, left):.0f} s", flush=True)
+            session["steps"].append(run_step(step, min(step.cap, left), out))
+            print(_tail(out / step.log, TAIL_LINES), flush=True)
+        write()
+    print(table(session), flush=True)
+    return session
+
+
+def _tail(path: Path, lines: int) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def table(session: dict) -> str:
+    """The session's steps, a line each, for the end of a device call's output."""
+    lines = [f"device: {session['device']}", f"{'step':<8} {'seconds':>9}  status"]
+    for s in session["steps"]:
+        if "skipped" in s:
+            lines.append(f"{s['step']:<8} {'-':>9}  skipped: {s['skipped']}")
+            continue
+        status = "cut off" if s["cut_off"] else f"exit {s['rc']}"
+        if "error" in s.get("after", {}):
+            status += f", then {s['after']['error']}"
+        took = f"{s['seconds']:.0f}/{s['given_seconds']:.0f}"
+        lines.append(f"{s['step']:<8} {took:>9}  {status} ({s['log']})")
+    return "\n".join(lines)
+
+
+def pack(sources: Sequence[Path], target: Path, max_files: int,
+         part_bytes: int = PART_BYTES, cwd: Path = Path(".")) -> dict:
+    """A tar of ``sources`` (folders relative to ``cwd``, those that exist) without Gram
+    tiles (``train/``: a resumed column needs only its fit and test chunks), split into at
+    most ``max_files`` parts ``<target>.00``, ``.01``, ... of at most ``part_bytes`` each."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for source in sources:
+            if (cwd / source).exists():
+                tar.add(cwd / source, arcname=str(source),
+                        filter=lambda info: None if _under_train(info.name) else info)
+    data = buffer.getvalue()
+    parts = [data[i:i + part_bytes] for i in range(0, len(data), part_bytes)] or [b""]
+    if len(parts) > max_files:
+        raise ValueError(f"the packed work takes {len(data)} bytes, more than {max_files} "
+                         f"files of {part_bytes} bytes that can come back")
+    for old in target.parent.glob(target.name + ".*"):
+        old.unlink()
+    for i, part in enumerate(parts):
+        target.with_name(f"{target.name}.{i:02d}").write_bytes(part)
+    return {"bytes": len(data), "parts": len(parts)}
+
+
+def _under_train(name: str) -> bool:
+    return "train" in Path(name).parts
+
+
+def unpack(source: Path, root: Path = ROOT) -> str:
+    """Join ``source``/gap2k_work.tar.NN into ``root``/SAVED_WORK and extract it under
+    ``root`` (carry/work, carry/gap2k).  Once the CNTK-GAP-2K column is finished, its cells
+    go into ``root``/RESULTS (table1.csv, .md, .png) and SAVED_WORK is removed.  Says which."""
+    parts = sorted(source.glob(PACK + ".*"))
+    if not parts:
+        raise FileNotFoundError(f"no {PACK}.NN parts in {source}")
+    saved = root / SAVED_WORK
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_bytes(b"".join(p.read_bytes() for p in parts))
+    _extract(saved, root)
+    _importable()
+    from ntkcheck.studies import _files as files
+    from ntkcheck.studies import table1
+    from ntkcheck.studies import table1_report as report
+
+    rows = [r for r in files.read_rows(root / GAP2K_OUT / "table1.csv")
+            if r["column"] == "CNTK-GAP-2K"]
+    if {int(str(r["depth"])) for r in rows} < set(table1.DEPTHS):
+        return f"CNTK-GAP-2K unfinished: commit {SAVED_WORK}, which prepare carries again"
+    results = root / RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    merged = table1.merge_rows(files.read_rows(results / "table1.csv"), rows)
+    files.write_rows(results / "table1.csv", table1.FIELDS, merged)
+    report.write_markdown(merged, results / "table1.md")
+    report.write_figure(merged, results / "table1.png")
+    saved.unlink()
+    return f"CNTK-GAP-2K finished: its cells are in {RESULTS}/table1.csv (.md, .png)"
+
+
+def _importable() -> None:
+    """ntkcheck importable from this checkout (``run`` imports none of it: it needs no torch
+    itself, and its steps import ntkcheck from the repository root)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def _extract(tar_path: Path, root: Path) -> None:
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(root, filter="data")
+
+
+def prepare(root: Path = ROOT, data: str | None = None, wheels: bool = True) -> int:
+    """Fill ``root``/carry with what the steps read on the device machine; the bytes that
+    a call carrying it would send (the working tree and carry/)."""
+    _importable()
+    import ntkcheck as nc
+    from ntkcheck.data.cifar10 import EXACT_SUBSET
+
+    carry = root / CARRY
+    (root / DATA).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(nc.data.data_root(data) / EXACT_SUBSET, root / DATA / EXACT_SUBSET)
+    if not (root / GAP2K_DATA).exists():
+        nc.data.write_slice(root / GAP2K_DATA, 2_000, root=data)
+    if wheels and not list((root / WHEELS).glob("*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--only-binary=:all:", "-d", str(root / WHEELS), *NT_WHEELS],
+                       check=True)
+    if (root / SAVED_WORK).exists() and not (root / WORK).exists():
+        _extract(root / SAVED_WORK, root)
+    return _tree_bytes(root) + sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the tracked and the untracked, not ignored files: what a call sends besides
+    what it carries."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=root, capture_output=True,
+                            check=True).stdout.split(b"\0")
+    return sum((root / n.decode()).stat().st_size for n in listed
+               if n and (root / n.decode()).is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    go = verbs.add_parser("run", help="on the device machine: the steps inside a budget")
+    go.add_argument("--out", required=True, help="where logs and results go ($OUT)")
+    go.add_argument("--seconds", type=float, required=True, help="the whole call's budget")
+    go.add_argument("--steps", default=",".join(STEPS), help=f"among {', '.join(STEPS)}")
+    ready = verbs.add_parser("prepare", help="here: fill carry/ for a device call")
+    ready.add_argument("--data-root", default=None, help="the CIFAR-10 folder to copy from")
+    ready.add_argument("--no-wheels", action="store_true", help="skip neural-tangents")
+    back = verbs.add_parser("unpack", help="here: restore the GAP-2K work that came back")
+    back.add_argument("source", help="the folder the call's files came back to")
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "prepare":
+            sent = prepare(data=args.data_root and str(Path(args.data_root).resolve()),
+                           wheels=not args.no_wheels)
+            print(f"a call carrying {CARRY} sends {sent / 2**20:.1f} MiB "
+                  f"(at most {TRAVEL_BYTES // 2**20})")
+            return 0 if sent <= TRAVEL_BYTES else 1
+        if args.verb == "unpack":
+            print(unpack(Path(args.source)))
+            return 0
+    except (OSError, ValueError, subprocess.CalledProcessError) as error:
+        parser.error(str(error))
+    names = [n for n in args.steps.split(",") if n]
+    unknown = sorted(set(names) - set(STEPS))
+    if unknown:
+        parser.error(f"--steps must be among {', '.join(STEPS)}; got {', '.join(unknown)}")
+    out = Path(args.out).resolve()
+    os.chdir(ROOT)  # the steps name paths relative to the repository
+    # in STEPS' order: GAP-2K, which packs what comes back, last
+    session = run([s for n, s in STEPS.items() if n in names], args.seconds, out)
+    return 0 if all(s.get("ok", True) for s in session["steps"]) else 1
+
+if __name__ == "__main__":
+    sys.exit(main())
