@@ -14,6 +14,7 @@ same ``DIR`` then assembles it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, NamedTuple, overload
@@ -28,6 +29,11 @@ from .kernels.recursion import Kernels, tile_pairs
 
 DEFAULT_TILE = 256
 """Rows (and columns) of a tile: 65,536 pairs, a few seconds of CNTK-GAP on an H100."""
+
+FUSED_TOLERANCE = 1e-3
+"""Largest relative error against the float64 reference with which the fused kernel may
+start a matrix (``_check_fused``): its float32 error is 1e-7 to 6e-5 where measured
+(README), a broken kernel's is orders larger."""
 
 Which = Literal["both", "ntk", "nngp"]
 WHICH: tuple[Which, ...] = ("both", "ntk", "nngp")
@@ -120,6 +126,35 @@ def _tiles(
     return _Tiles(arch, x1, x2, chosen, names, folder, tile, backend, max_memory)
 
 
+def _check_fused(tiles: _Tiles) -> None:
+    """Before tiles are computed with the fused kernel: the first (up to) two images of
+    each side against the float64 torch reference on the same device, every depth, both
+    kernels; a RuntimeError past ``FUSED_TOLERANCE``, rather than hours of wrong tiles (a
+    new GPU, driver or Triton can break a kernel that compiles).  About the cost of four
+    pairs."""
+    with warnings.catch_warnings():  # a fallback warns when the tiles are computed
+        warnings.simplefilter("ignore")
+        if not tiles.arch._use_fused(tiles.x1, tiles.backend):
+            return
+    a = tiles.x1[:2]
+    b = None if tiles.x2 is None else tiles.x2[:2]
+    got = tiles.arch._kernels(a, b, tiles.depths, backend=tiles.backend)
+    want = tiles.arch._kernels(a.double(), None if b is None else b.double(), tiles.depths,
+                               backend="torch")
+    for d in sorted(tiles.depths):
+        for name in ("ntk", "nngp"):
+            w = getattr(want[d], name)
+            scale = float(w.abs().max())
+            error = float((getattr(got[d], name).double() - w).abs().max()) / scale if scale \
+                else 0.0
+            if not error <= FUSED_TOLERANCE:  # NaN too
+                raise RuntimeError(
+                    f"the fused kernel disagrees with the float64 torch reference on the "
+                    f"first images of these inputs ({name} at depth {d}: relative error "
+                    f"{error:.3g} > {FUSED_TOLERANCE:g}); no tile was computed with it. "
+                    "backend='torch' computes with the reference")
+
+
 def _share(tiles: _Tiles, shard: Shard) -> list[tuple[int, int]]:
     """The tiles of ``shard``: the largest tile first to the share with the fewest pairs so
     far (ties to the lowest index), so shares differ by at most one tile's pairs, and every
@@ -184,7 +219,9 @@ def kernel_matrix(
     nothing touches the disk.  The matrices are assembled on the CPU in the inputs' dtype,
     so n1 * n2 * len(depths) entries per kept kernel must fit in memory.  ``progress`` shows
     pairs done, pairs/s and ETA; ``backend`` and ``max_memory`` are as in ``arch.ntk``.
-    To split the work between processes, see ``kernel_tiles``.
+    Before the fused GPU kernel computes any tile, its kernels of the first two images of
+    each side are checked against the float64 torch reference (a RuntimeError past
+    ``FUSED_TOLERANCE``).  To split the work between processes, see ``kernel_tiles``.
     """
     tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
     n1, n2 = tiles.sizes
@@ -192,6 +229,8 @@ def kernel_matrix(
     matrices = {(d, name): torch.zeros(n1, n2, dtype=tiles.x1.dtype)
                 for d in sorted(tiles.depths) for name in tiles.names}
     todo = {t for t in tiles.corners() if not tiles.saved(t)}
+    if todo:
+        _check_fused(tiles)
     with Progress(sum(tiles.pairs(t) for t in todo), "kernel pairs", enabled=progress) as bar:
         for corner in tiles.corners():
             if corner in todo:
@@ -235,6 +274,8 @@ def kernel_tiles(
     index, count = _check_shard(shard)
     tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
     todo = [t for t in _share(tiles, (index, count)) if not tiles.saved(t)]
+    if todo:
+        _check_fused(tiles)
     unit = f"kernel pairs, shard {index} of {count}"
     with Progress(sum(tiles.pairs(t) for t in todo), unit, enabled=progress) as bar:
         for corner in todo:

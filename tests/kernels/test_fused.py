@@ -6,6 +6,7 @@ one, `pytest -m gpu` adds the real CIFAR-10 checks at 32x32 and every option.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -218,6 +219,36 @@ def cifar_images(n: int) -> torch.Tensor:
     except FileNotFoundError as missing:
         pytest.skip(f"CIFAR-10 data not found: {missing}")
     return nc.data.standardize(images, reference)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+def test_a_large_matrix_starts_only_if_the_fused_kernel_agrees(tmp_path, monkeypatch, cross):
+    """kernel_matrix / kernel_tiles check the fused kernel on the first images against the
+    float64 reference before computing tiles: a kernel off by 1% stops them with no tile
+    written; a finished matrix is not checked again."""
+    arch = nc.CNN(depth=4, pooling="flatten")  # one slice a pair: quick under the interpreter
+    gen = torch.Generator().manual_seed(5)
+    x1 = torch.randn(3, 2, 4, 5, generator=gen).to(DEVICE)
+    x2 = torch.randn(2, 2, 4, 5, generator=gen).to(DEVICE) if cross else None
+    out = tmp_path / "m"
+    fine = nc.kernel_matrix(arch, x1, x2, depths=(3, 4), tile=4, backend="triton", out=out,
+                            progress=False)  # the check passes on a working kernel
+    exact = nc.CNN._fused
+
+    def off_by_one_percent(self, *args, **kwargs):
+        return {d: nc.kernels.recursion.Kernels(k.ntk * 1.01, k.nngp)
+                for d, k in exact(self, *args, **kwargs).items()}
+
+    monkeypatch.setattr(nc.CNN, "_fused", off_by_one_percent)
+    again = nc.kernel_matrix(arch, x1, x2, depths=(3, 4), tile=4, backend="triton", out=out,
+                             progress=False)  # nothing to compute: no check
+    torch.testing.assert_close(again[4].ntk, fine[4].ntk, rtol=0, atol=0)
+    for compute in (functools.partial(nc.kernel_matrix, out=tmp_path / "a"),
+                    functools.partial(nc.kernel_tiles, out=tmp_path / "b", shard=(0, 2))):
+        with pytest.raises(RuntimeError, match=r"fused kernel disagrees .*\(ntk at depth 3: "
+                           r"relative error 0\.01"):
+            compute(arch, x1, x2, depths=(3, 4), tile=4, backend="triton", progress=False)
+    assert not list(tmp_path.glob("[ab]/tile_*"))
 
 
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
