@@ -4,7 +4,6 @@ script must work the first time it runs there)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,12 +17,9 @@ import pytest
 import ntkcheck as nc
 from ntkcheck.studies import _files as files
 from ntkcheck.studies import table1
+from tests.scripts import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("gpu_session", ROOT / "benchmarks" /
-                                              "gpu_session.py")
-gs = sys.modules["gpu_session"] = importlib.util.module_from_spec(SPEC)  # dataclasses look
-SPEC.loader.exec_module(gs)
+gs = load_script("benchmarks/gpu_session.py")
 
 
 def python(code: str) -> list[str]:

@@ -3,19 +3,12 @@ the vanilla CNTK off the Gram diagonal and low on it, the effect that study meas
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
 import ntkcheck as nc
+from tests.scripts import load_script
 
-SPEC = importlib.util.spec_from_file_location(
-    "table1_authors_float32",
-    Path(__file__).resolve().parents[2] / "studies" / "table1_authors_float32.py")
-authors = sys.modules[SPEC.name] = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(authors)
+authors = load_script("studies/table1_authors_float32.py")
 
 
 def test_emulation_is_the_cntk_but_low_on_the_diagonal():

@@ -3,18 +3,12 @@ other folds only."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-SPEC = importlib.util.spec_from_file_location(
-    "table1_jpeg_effect",
-    Path(__file__).resolve().parents[2] / "studies" / "table1_jpeg_effect.py")
-jpeg_effect = sys.modules[SPEC.name] = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(jpeg_effect)
+from tests.scripts import load_script
+
+jpeg_effect = load_script("studies/table1_jpeg_effect.py")
 
 
 def test_each_fold_is_predicted_from_the_others_alone():
