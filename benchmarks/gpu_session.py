@@ -23,8 +23,8 @@ finished (the fitted weights and test chunks, not the Gram tiles) into
 ``OUT/gap2k_work.tar.NN`` parts, which ``unpack`` restores into ``carry/`` and keeps in
 ``SAVED_WORK``, so that ``prepare`` in a later session carries it again.  The Gram matrix
 (2M pairs of depth 21) must finish within its first call, since its tiles (47 MB) would not
-travel back: under ~150 us/pair in a 330 s call.  If run 1's benchmark times CNTK-GAP at
-depth 21 slower than that, spend run 2 on something else.
+travel back: under ~150 us/pair in a 330 s call.  If run 1's GPU tests failed, or its
+benchmark times CNTK-GAP at depth 21 slower than that, spend run 2 on something else.
 """
 
 from __future__ import annotations
