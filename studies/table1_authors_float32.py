@@ -87,7 +87,10 @@ def authors_gram(x: torch.Tensor, depths: Sequence[int], tile: int) -> dict[int,
     blocks = [slice(i, min(i + tile, len(x))) for i in range(0, len(x), tile)]
     for rows in blocks:
         for cols in blocks:
-            s = patch_sum(sum(x[rows, None, c] * x[None, cols, c] for c in range(x.shape[1])))
+            dot = x[rows, None, 0] * x[None, cols, 0]
+            for c in range(1, x.shape[1]):  # channel by channel, as a 3-long matmul sums
+                dot = dot + x[rows, None, c] * x[None, cols, c]
+            s = patch_sum(dot)
             t = s.clone()
             for layer in range(1, top):
                 left = tuple(v[rows, None] for v in norms[layer - 1])
