@@ -53,7 +53,7 @@ capability 9.0 and later, and under the interpreter (of Triton 3.6 and later).""
 TMA_FAILURE: str | None = None
 """Why the TMA variant failed to compile in this process (then "auto" reads the std planes
 through pointers from there on, having warned once), or None.  It compiles for sm_90 under
-Triton 3.4 to 3.6 on a CPU (``benchmarks/cntk_sass.py``; in CI,
+Triton 3.4 to 3.9 on a CPU (``benchmarks/cntk_sass.py``; in CI,
 ``tests/kernels/test_fused_compiles.py``) but has not yet run on a GPU: a Triton or driver
 that rejects it costs speed, never a result."""
 
@@ -63,8 +63,8 @@ PROGRAMS_PER_LAUNCH = 2**18
 
 MIN_TRITON = (3, 4)
 """Oldest Triton the kernel compiles with (host-side tensor descriptors; 3.3 also rejects
-its constexpr tuples): the CUDA builds of torch 2.8 and later ship it.  3.4, 3.5 and 3.6
-all compile both load paths for sm_90 and pass the interpreter tests."""
+its constexpr tuples): the CUDA builds of torch 2.8 and later ship it.  3.4, 3.5, 3.6,
+3.7, 3.8 and 3.9 all compile both load paths for sm_90 and pass the interpreter tests."""
 
 INTERPRETER_TMA = (3, 6)
 """Oldest Triton whose interpreter runs tensor descriptors of float32 planes (3.4 and 3.5
