@@ -49,6 +49,18 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers; got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _shard(text: str) -> tuple[int, int]:
     index, _, count = text.partition("/")
     try:
@@ -138,7 +150,8 @@ def _study(args: argparse.Namespace) -> None:
 
     device = _device(args.device or "cpu").type  # float64 studies: the CPU unless asked
     convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
-                    widths=args.widths, seeds=args.seeds)
+                    archs=args.archs, depths=args.depths, widths=args.widths,
+                    seeds=args.seeds, kappas=args.kappas)
     print(f"wrote {args.out}/{args.study}.csv, {args.study}_summary.json, {args.study}.png "
           f"and {args.study}.md")
 
@@ -234,9 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--out", default="runs/studies", help="output folder; a re-run with "
                        "the same folder resumes (default runs/studies)")
     study.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    study.add_argument("--archs", type=_name_list, default=None,
+                       help="comma-separated architectures from fc, cnn-flatten, cnn-gap, "
+                       "replacing the preset's")
+    study.add_argument("--depths", type=_int_list, default=None,
+                       help="comma-separated depths (>= 2), replacing the preset's")
     study.add_argument("--widths", type=_int_list, default=None,
                        help="comma-separated widths, replacing the preset's")
     study.add_argument("--seeds", type=int, default=None, help="seeds per width (preset's)")
+    study.add_argument("--kappas", type=_float_list, default=None,
+                       help="agreement only: comma-separated output scales kappa > 0, "
+                       "replacing the preset's")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
     study.set_defaults(run=_study)
 

@@ -17,10 +17,11 @@ flattened for FC (the theorems' setting), standardized for CNNs; ``drift`` and
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from ..training import max_stable_lr, train
 from ._files import read_rows, write_rows
 
 STUDIES = ("init", "drift", "agreement")
+ARCHS = ("fc", "cnn-flatten", "cnn-gap")
+"""Architectures a study can sweep: FC, and CNNs with either readout (``architecture``)."""
 FIELDS = ("arch", "depth", "width", "seed", "kappa", "metric", "value")
 BOUND_SLOPES = {"init": -0.25, "drift": -1 / 6, "agreement": -1 / 6}
 """The theorems' width exponents: m^-1/4 at initialization (Theorem 3.1) and m^-1/6 for
@@ -214,6 +217,14 @@ def _key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
             int(str(row["seed"])), float(str(row["kappa"])))
 
 
+def _sweep_record(study: str, setting: Setting) -> dict[str, object]:
+    """The axes this run swept and its inputs, as the summary records them."""
+    record = asdict(setting)
+    if study != "agreement":
+        del record["kappas"], record["n_test"]
+    return record
+
+
 def versions() -> dict[str, str]:
     import ntkcheck
 
@@ -221,23 +232,56 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "ntkcheck": ntkcheck.__version__}
 
 
-def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "cpu",
-        progress: bool = True, widths: Sequence[int] | None = None,
-        seeds: int | None = None) -> list[dict[str, object]]:
-    """Run (or resume) a study and write ``out``/<study>.csv, _summary.json, .png, .md.
-    ``widths`` and ``seeds`` replace the preset's."""
+def _checked_ints(name: str, values: Sequence[int], minimum: int, why: str = "") -> tuple[int, ...]:
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum
+                         for v in values):
+        raise ValueError(f"{name} must be ints >= {minimum}{why}; got {list(values)}")
+    return tuple(sorted(set(values)))
+
+
+def sweep(study: str, preset: str, *, archs: Sequence[str] | None = None,
+          depths: Sequence[int] | None = None, widths: Sequence[int] | None = None,
+          seeds: int | None = None, kappas: Sequence[float] | None = None) -> Setting:
+    """The preset's sweep with any of its axes replaced, each checked: ``archs`` from
+    ``ARCHS``, ``depths`` >= 2 (depth 1 has no hidden layer, so no width), ``widths`` >= 1,
+    ``seeds`` >= 1, ``kappas`` > 0 (the agreement study's output scales only)."""
     if study not in STUDIES:
         raise ValueError(f"study must be one of {', '.join(STUDIES)}; got {study!r}")
     if preset not in PRESETS[study]:
         raise ValueError(f"preset must be one of {', '.join(PRESETS[study])}; got {preset!r}")
     setting = PRESETS[study][preset]
+    if archs is not None:
+        if not archs or any(a not in ARCHS for a in archs):
+            raise ValueError(f"archs must be names from {', '.join(ARCHS)}; got {list(archs)}")
+        setting = replace(setting, archs=tuple(dict.fromkeys(archs)))
+    if depths is not None:
+        setting = replace(setting, depths=_checked_ints(
+            "depths", depths, 2, " (depth 1 has no hidden layer to widen)"))
     if widths is not None:
-        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
-                             for w in widths):
-            raise ValueError(f"widths must be ints >= 1; got {list(widths)}")
-        setting = replace(setting, widths=tuple(sorted(set(widths))))
+        setting = replace(setting, widths=_checked_ints("widths", widths, 1))
     if seeds is not None:
         setting = replace(setting, seeds=check_int("seeds", seeds, 1))
+    if kappas is not None:
+        if study != "agreement":
+            raise ValueError(f"kappas apply to the agreement study only; got them for {study}")
+        if not kappas or any(isinstance(k, bool) or not isinstance(k, int | float)
+                             or not 0 < k < math.inf for k in kappas):
+            raise ValueError(f"kappas must be finite numbers > 0; got {list(kappas)}")
+        setting = replace(setting, kappas=tuple(sorted({float(k) for k in kappas})))
+    return setting
+
+
+def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "cpu",
+        progress: bool = True, archs: Sequence[str] | None = None,
+        depths: Sequence[int] | None = None, widths: Sequence[int] | None = None,
+        seeds: int | None = None, kappas: Sequence[float] | None = None,
+        ) -> list[dict[str, object]]:
+    """Run (or resume) a study and write ``out``/<study>.csv, _summary.json, .png, .md.
+    ``archs``, ``depths``, ``widths``, ``seeds`` and ``kappas`` replace the preset's (see
+    ``sweep``); rows of other configurations already in the folder's CSV stay and are
+    fitted with the new ones."""
+    setting = sweep(study, preset, archs=archs, depths=depths, widths=widths, seeds=seeds,
+                    kappas=kappas)
     torch_device = torch.device(device)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,5 +298,6 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
 
     name = (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda"
             else f"cpu ({torch.get_num_threads()} threads)")
-    report(study, preset, rows, folder, device=name, versions=versions())
+    report(study, preset, rows, folder, device=name, versions=versions(),
+           sweep=_sweep_record(study, setting))
     return rows

@@ -90,9 +90,12 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
-def _words(study: str, preset: str, found: list[dict]) -> str:
+def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object]) -> str:
     bound = BOUND_SLOPES[study]
+    axes = "; ".join(f"{name} {_listed(value)}" for name, value in sweep.items())
     lines = [f"# {study} study ({preset} preset)", "",
+             f"Last run's sweep: {axes}. The fits cover every row of {study}.csv, earlier "
+             "runs' into this folder too.", "",
              f"Log-log slope of the seed-mean against width, 95% bootstrap interval over seeds. "
              f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: -0.5. The bound "
              "lines in the figure start at the geometric mean of the curves at the narrowest "
@@ -120,12 +123,18 @@ def _words(study: str, preset: str, found: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _listed(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
 def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: Path, *,
-           device: str, versions: dict[str, str]) -> None:
+           device: str, versions: dict[str, str], sweep: dict[str, object]) -> None:
+    """``sweep``: this run's axes and inputs; the fits cover every row in ``rows``, which
+    may also hold configurations of earlier runs into the same folder."""
     found = fits(study, rows)
     (folder / f"{study}_summary.json").write_text(json.dumps(
-        {"study": study, "preset": preset, "device": device, "versions": versions,
-         "fits": found}, indent=1) + "\n")
-    (folder / f"{study}.md").write_text(_words(study, preset, found))
+        {"study": study, "preset": preset, "sweep": sweep, "device": device,
+         "versions": versions, "fits": found}, indent=1) + "\n")
+    (folder / f"{study}.md").write_text(_words(study, preset, found, sweep))
     if rows:
         _figure(study, rows, folder / f"{study}.png")

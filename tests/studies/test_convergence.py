@@ -39,7 +39,8 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert len(configs) == len(setting.archs) * len(setting.widths) * setting.seeds * (
         len(setting.kappas) if study == "agreement" else 1)
     summary = json.loads((tmp_path / f"{study}_summary.json").read_text())
-    assert set(summary) == {"study", "preset", "device", "versions", "fits"}
+    assert set(summary) == {"study", "preset", "sweep", "device", "versions", "fits"}
+    assert summary["sweep"]["widths"] == list(setting.widths)
     assert {f["metric"] for f in summary["fits"]} == set(convergence.FITTED[study])
     for fit in summary["fits"]:
         assert fit["slope_ci"][0] <= fit["slope"] <= fit["slope_ci"][1]
@@ -59,20 +60,46 @@ def test_a_rerun_resumes_and_computes_only_what_is_missing(tmp_path, tiny_quick,
     assert sorted(c[2] for c in calls) == [16, 16, 16, 16]  # 2 archs x 2 seeds at width 16
 
 
+def _configs(path):
+    with path.open() as f:
+        return {(r["arch"], int(r["depth"]), int(r["width"]), int(r["seed"]), float(r["kappa"]))
+                for r in csv.DictReader(f)}
+
+
+def test_archs_depths_and_kappas_replace_the_presets(tmp_path, tiny_quick):
+    assert main(["study", "init", "--out", str(tmp_path), "--quiet", "--archs", "cnn-flatten",
+                 "--depths", "3,2,3", "--widths", "8", "--seeds", "1"]) == 0
+    assert _configs(tmp_path / "init.csv") == {("cnn-flatten", 2, 8, 0, 1.0),
+                                               ("cnn-flatten", 3, 8, 0, 1.0)}
+    sweep = json.loads((tmp_path / "init_summary.json").read_text())["sweep"]
+    assert sweep["archs"] == ["cnn-flatten"] and sweep["depths"] == [2, 3]
+    assert "kappas" not in sweep
+    assert "depths 2, 3" in (tmp_path / "init.md").read_text()
+    assert main(["study", "agreement", "--out", str(tmp_path), "--quiet", "--widths", "16",
+                 "--seeds", "1", "--kappas", "0.25"]) == 0
+    assert _configs(tmp_path / "agreement.csv") == {("fc", 2, 16, 0, 0.25)}
+
+
 @pytest.mark.parametrize("argv", [
-    ["study", "initial"], ["study", "init", "--preset", "huge"], ["study", "init",
-                                                                 "--widths", "8,x"]])
+    ["study", "initial"], ["study", "init", "--preset", "huge"],
+    ["study", "init", "--widths", "8,x"], ["study", "agreement", "--kappas", "0.1,x"]])
 def test_malformed_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [["--widths", "0,8"], ["--seeds", "0"]])
-def test_bad_values_give_one_line_errors(tmp_path, tiny_quick, capsys, extra):
-    assert main(["study", "init", "--out", str(tmp_path), "--quiet", *extra]) == 2
+@pytest.mark.parametrize(("study", "extra", "named"), [
+    ("init", ["--widths", "0,8"], "widths"), ("init", ["--seeds", "0"], "seeds"),
+    ("init", ["--archs", "fc,mlp"], "archs"), ("init", ["--archs", ","], "archs"),
+    ("init", ["--depths", "1,2"], "depths"), ("init", ["--kappas", "0.1"], "kappas"),
+    ("agreement", ["--kappas", "0,1"], "kappas"), ("agreement", ["--kappas", "nan"], "kappas"),
+    ("agreement", ["--kappas", "inf"], "kappas")])
+def test_bad_values_give_one_line_errors(tmp_path, tiny_quick, capsys, study, extra, named):
+    assert main(["study", study, "--out", str(tmp_path), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ntkcheck: error: ")
+    assert len(err) == 1 and err[0].startswith(f"ntkcheck: error: {named} ")
+    assert not (tmp_path / f"{study}.csv").exists()  # refused before any configuration ran
 
 
 def test_an_unwritable_folder_is_a_one_line_error(tmp_path, tiny_quick, capsys):
