@@ -83,6 +83,9 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
                     label=f"{label}, slope {slope:.3g}")
         ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=metric.replace("_", " "),
                title=f"{study}: {metric}")
+        # the swept widths as plain numbers: log-axis labels like 3x10^1 overlap and hide them
+        ax.set_xticks(widths, [f"{w:g}" for w in widths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
