@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ from .architectures import CNN, FC
 from .data import CLASSES, cifar10_exact, standardize
 from .kernel_matrix import kernel_matrix, kernel_tiles
 from .kernels.recursion import Kernels
+
+T = TypeVar("T")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -42,23 +46,20 @@ def _demo(args: argparse.Namespace) -> None:
           f"on {torch.get_num_threads()} CPU threads")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
+def _list_of(convert: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """An argparse type for comma-separated values, each read by ``convert``."""
+    def parse(text: str) -> list[T]:
+        try:
+            return [convert(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}; got {text!r}") from None
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers; got {text!r}") from None
-
-
-def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+_int_list = _list_of(int, "ints")
+_float_list = _list_of(float, "numbers")
+_name_list = _list_of(str, "names")
 
 
 def _shard(text: str) -> tuple[int, int]:
