@@ -152,7 +152,7 @@ def _study(args: argparse.Namespace) -> None:
     device = _device(args.device or "cpu").type  # float64 studies: the CPU unless asked
     convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
                     archs=args.archs, depths=args.depths, widths=args.widths,
-                    seeds=args.seeds, kappas=args.kappas)
+                    seeds=args.seeds, kappas=args.kappas, max_steps=args.max_steps)
     print(f"wrote {args.out}/{args.study}.csv, {args.study}_summary.json, {args.study}.png "
           f"and {args.study}.md")
 
@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--kappas", type=_float_list, default=None,
                        help="agreement only: comma-separated output scales kappa > 0, "
                        "replacing the preset's")
+    study.add_argument("--max-steps", type=int, default=None,
+                       help="drift and agreement: gradient-descent steps a net may take to "
+                       "converge (default 100000); one that does not is recorded as "
+                       "unconverged, and a re-run with more steps retries it")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
     study.set_defaults(run=_study)
 

@@ -36,6 +36,17 @@ class History:
     max_stable_lr: float = math.inf
 
 
+class NotConvergedError(RuntimeError):
+    """``train(until_loss=...)`` used up ``max_steps`` with the loss still above it.
+
+    ``history`` is what was recorded up to then, the last entry at the final step, so a
+    caller can report how far the run got (``history.loss[-1]``)."""
+
+    def __init__(self, message: str, history: History) -> None:
+        super().__init__(message)
+        self.history = history
+
+
 def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
     return 0.5 * ((kappa * net(x) - y) ** 2).sum()
 
@@ -68,7 +79,8 @@ def train(
     """Train ``net`` in place by full-batch gradient descent on
     1/2 sum_i (kappa f(x_i) - y_i)^2 and return its ``History``.
 
-    Stop after ``steps`` steps, or once the loss is <= ``until_loss`` (at most ``max_steps``).
+    Stop after ``steps`` steps, or once the loss is <= ``until_loss``; a ``NotConvergedError``
+    (carrying the history) if ``max_steps`` steps do not get it there.
     ``y`` has the net's output shape, (n,) or (n, k).  A learning rate at or above
     2 / lambda_max(kappa^2 H(0)) is refused: gradient descent would diverge on the
     linearized net; the error gives the largest stable rate.
@@ -135,7 +147,7 @@ def train(
     if history.steps[-1] != step:
         record(step, float(loss.detach()))
     if until_loss is not None and float(loss.detach()) > until_loss:
-        raise RuntimeError(f"loss {float(loss.detach()):.3g} still above until_loss="
-                           f"{until_loss:g} after max_steps={max_steps} steps; "
-                           "raise max_steps or lr")
+        raise NotConvergedError(f"loss {float(loss.detach()):.3g} still above until_loss="
+                                f"{until_loss:g} after max_steps={max_steps} steps; "
+                                "raise max_steps or lr", history)
     return history

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ntkcheck as nc
-from ntkcheck.training import max_stable_lr, train
+from ntkcheck.training import NotConvergedError, max_stable_lr, train
 
 
 def problem(width=256, depth=3, seed=0, outputs=1):
@@ -72,5 +72,7 @@ def test_bad_arguments():
         train(net, x, y, lr=0.1, kappa=0.0, steps=1)
     with pytest.raises(ValueError, match=r"y must be a tensor of the net's output shape \(8,\)"):
         train(net, x, y[:3], lr=0.1, steps=1)
-    with pytest.raises(RuntimeError, match="still above until_loss"):
-        train(net, x, y, lr=1e-6, until_loss=1e-9, max_steps=3)
+    with pytest.raises(NotConvergedError, match="still above until_loss") as failure:
+        train(net, x, y, lr=1e-6, until_loss=1e-9, max_steps=3, record_every=2)
+    assert failure.value.history.steps == [0, 2, 3]  # what it got to, for the caller
+    assert failure.value.history.loss[-1] > 1e-9

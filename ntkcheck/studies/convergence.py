@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..architectures import CNN, FC
 from ..data import cifar10_exact, standardize
 from ..empirical import empirical_ntk
 from ..regression import kernel_regression
-from ..training import max_stable_lr, train
+from ..training import NotConvergedError, max_stable_lr, train
 from ._files import read_rows, write_rows
 
 STUDIES = ("init", "drift", "agreement")
@@ -60,6 +61,9 @@ class Setting:
     n_test: int = 0
     kappas: tuple[float, ...] = (1.0,)
     crop: int = 8
+    max_steps: int = 100_000
+    """Gradient-descent steps a configuration of drift or agreement may take to reach
+    LOSS_TOLERANCE; one that does not is recorded as unconverged (``UNCONVERGED``)."""
 
 
 PRESETS: dict[str, dict[str, Setting]] = {
@@ -82,6 +86,10 @@ PRESETS: dict[str, dict[str, Setting]] = {
 }
 LOSS_TOLERANCE = 1e-3
 """Training stops at loss <= LOSS_TOLERANCE x its value for f = 0 (1/2 |y|^2)."""
+UNCONVERGED = "unconverged_loss"
+"""The metric of a configuration whose net did not reach LOSS_TOLERANCE in max_steps: its
+final loss / (1/2 |y|^2). Such a configuration has only this row and ``steps``, no fitted
+metrics (they are defined at convergence); a re-run with a larger max_steps retries it."""
 
 
 def architecture(name: str, depth: int) -> FC | CNN:
@@ -145,6 +153,14 @@ def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: S
             _row(arch, depth, width, seed, kappa, "rel_fro", float(error.norm() / theta.norm()))]
 
 
+class _Unconverged(Exception):
+    """A configuration's net ran out of steps: ``rows`` record how far it got."""
+
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+        super().__init__("did not converge")
+        self.rows = rows
+
+
 def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
          device: torch.device):
     """A net trained to convergence on the CIFAR-2 slice, its data and its history."""
@@ -156,8 +172,15 @@ def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Se
     with torch.no_grad():  # kappa f0 on the training points, before training moves it
         f0_train = kappa * net(x)
     lr = 0.5 * max_stable_lr(net, x, kappa=kappa)
-    history = train(net, x, y, kappa=kappa, lr=lr, record_every=10_000,
-                    until_loss=LOSS_TOLERANCE * 0.5 * float((y**2).sum()))
+    zero_loss = 0.5 * float((y**2).sum())
+    try:
+        history = train(net, x, y, kappa=kappa, lr=lr, record_every=10_000,
+                        until_loss=LOSS_TOLERANCE * zero_loss, max_steps=setting.max_steps)
+    except NotConvergedError as failure:
+        got = failure.history
+        raise _Unconverged([_row(arch, depth, width, seed, kappa, "steps", got.steps[-1]),
+                            _row(arch, depth, width, seed, kappa, UNCONVERGED,
+                                 got.loss[-1] / zero_loss)]) from None
     return net, x, y, history, f0_train
 
 
@@ -212,7 +235,13 @@ def _configurations(study: str, setting: Setting) -> list[tuple[str, int, int, i
             for k in kappas for w in setting.widths for s in range(setting.seeds)]
 
 
-def _key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
+def _named(config: tuple[str, int, int, int, float]) -> str:
+    arch, depth, width, seed, kappa = config
+    return f"{arch} depth {depth} width {width} seed {seed} kappa {kappa:g}"
+
+
+def config_key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
+    """(arch, depth, width, seed, kappa) of a CSV row."""
     return (str(row["arch"]), int(str(row["depth"])), int(str(row["width"])),
             int(str(row["seed"])), float(str(row["kappa"])))
 
@@ -222,7 +251,28 @@ def _sweep_record(study: str, setting: Setting) -> dict[str, object]:
     record = asdict(setting)
     if study != "agreement":
         del record["kappas"], record["n_test"]
+    if study == "init":  # trains nothing
+        del record["max_steps"]
     return record
+
+
+def _ran_out(rows: Sequence[dict[str, object]]) -> list[tuple[tuple, int, float]]:
+    """(configuration, steps, final loss / (1/2 |y|^2)) of each unconverged configuration."""
+    steps = {config_key(r): int(float(str(r["value"]))) for r in rows if r["metric"] == "steps"}
+    return [(config_key(r), steps[config_key(r)], float(str(r["value"])))
+            for r in rows if r["metric"] == UNCONVERGED]
+
+
+def unconverged(rows: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """The configurations recorded as not converged, with their steps and final loss
+    (relative to 1/2 |y|^2), as the summary lists them."""
+    return [{**dict(zip(FIELDS[:5], key, strict=True)), "steps": steps, "loss": loss}
+            for key, steps, loss in _ran_out(rows)]
+
+
+def _retry(rows: Sequence[dict[str, object]], max_steps: int) -> set[tuple]:
+    """Configurations recorded as unconverged after fewer than ``max_steps`` steps."""
+    return {key for key, steps, _ in _ran_out(rows) if steps < max_steps}
 
 
 def versions() -> dict[str, str]:
@@ -241,10 +291,12 @@ def _checked_ints(name: str, values: Sequence[int], minimum: int, why: str = "")
 
 def sweep(study: str, preset: str, *, archs: Sequence[str] | None = None,
           depths: Sequence[int] | None = None, widths: Sequence[int] | None = None,
-          seeds: int | None = None, kappas: Sequence[float] | None = None) -> Setting:
+          seeds: int | None = None, kappas: Sequence[float] | None = None,
+          max_steps: int | None = None) -> Setting:
     """The preset's sweep with any of its axes replaced, each checked: ``archs`` from
     ``ARCHS``, ``depths`` >= 2 (depth 1 has no hidden layer, so no width), ``widths`` >= 1,
-    ``seeds`` >= 1, ``kappas`` > 0 (the agreement study's output scales only)."""
+    ``seeds`` >= 1, ``kappas`` > 0 (the agreement study's output scales only), and the
+    training budget ``max_steps`` >= 1 (drift and agreement only)."""
     if study not in STUDIES:
         raise ValueError(f"study must be one of {', '.join(STUDIES)}; got {study!r}")
     if preset not in PRESETS[study]:
@@ -268,6 +320,11 @@ def sweep(study: str, preset: str, *, archs: Sequence[str] | None = None,
                              or not 0 < k < math.inf for k in kappas):
             raise ValueError(f"kappas must be finite numbers > 0; got {list(kappas)}")
         setting = replace(setting, kappas=tuple(sorted({float(k) for k in kappas})))
+    if max_steps is not None:
+        if study == "init":
+            raise ValueError("max_steps applies to the drift and agreement studies only "
+                             "(init trains nothing)")
+        setting = replace(setting, max_steps=check_int("max_steps", max_steps, 1))
     return setting
 
 
@@ -275,23 +332,33 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
         progress: bool = True, archs: Sequence[str] | None = None,
         depths: Sequence[int] | None = None, widths: Sequence[int] | None = None,
         seeds: int | None = None, kappas: Sequence[float] | None = None,
-        ) -> list[dict[str, object]]:
+        max_steps: int | None = None) -> list[dict[str, object]]:
     """Run (or resume) a study and write ``out``/<study>.csv, _summary.json, .png, .md.
-    ``archs``, ``depths``, ``widths``, ``seeds`` and ``kappas`` replace the preset's (see
-    ``sweep``); rows of other configurations already in the folder's CSV stay and are
-    fitted with the new ones."""
+    ``archs``, ``depths``, ``widths``, ``seeds``, ``kappas`` and ``max_steps`` replace the
+    preset's (see ``sweep``); rows of other configurations already in the folder's CSV stay
+    and are fitted with the new ones. A net that does not converge in ``max_steps`` is noted
+    on stderr and recorded as ``UNCONVERGED``; the sweep goes on."""
     setting = sweep(study, preset, archs=archs, depths=depths, widths=widths, seeds=seeds,
-                    kappas=kappas)
+                    kappas=kappas, max_steps=max_steps)
     torch_device = torch.device(device)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / f"{study}.csv"
     rows = read_rows(csv_path)
-    done = {_key(r) for r in rows}
+    retry = _retry(rows, setting.max_steps)
+    rows = [r for r in rows if config_key(r) not in retry]
+    done = {config_key(r) for r in rows}
     todo = [c for c in _configurations(study, setting) if c not in done]
     with Progress(len(todo), f"{study} configurations", enabled=progress) as bar:
         for config in todo:  # inputs, nets and kernels are float64 throughout
-            rows += MEASURE[study](*config, setting, torch_device)
+            try:
+                rows += MEASURE[study](*config, setting, torch_device)
+            except _Unconverged as failure:
+                rows += failure.rows
+                below_bar = "\n" if bar.shown else ""
+                print(f"{below_bar}{study}: {_named(config)} did not converge in "
+                      f"{setting.max_steps} steps (loss {failure.rows[1]['value']:.3g} x "
+                      "1/2|y|^2); recorded as unconverged, no fitted values", file=sys.stderr)
             write_rows(csv_path, FIELDS, rows)
             bar.advance(1)
     from .convergence_report import report  # matplotlib only when writing

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convergence import BOUND_SLOPES, FITTED
+from .convergence import BOUND_SLOPES, FITTED, LOSS_TOLERANCE, unconverged
 
 EMPIRICAL_SLOPE = -0.5
 BOOTSTRAP = 1000
@@ -93,7 +93,8 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
-def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object]) -> str:
+def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
+           failed: list[dict[str, object]]) -> str:
     bound = BOUND_SLOPES[study]
     axes = "; ".join(f"{name} {_listed(value)}" for name, value in sweep.items())
     lines = [f"# {study} study ({preset} preset)", "",
@@ -123,6 +124,12 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object])
                 "faster than m^-1/2" if high < -0.5 else "slower than m^-1/2")
         lines.append(f"- {f['arch']}, depth {f['depth']}{kappa}, {f['metric']}: slope "
                      f"{f['slope']:.3f} [{low:.3f}, {high:.3f}]: {verdict}; {rate}.")
+    if failed:
+        lines += ["", f"Did not reach loss <= {LOSS_TOLERANCE:g} x 1/2|y|^2, so no fitted values "
+                  "(a re-run with a larger --max-steps retries them):"]
+        lines += [f"- {f['arch']}, depth {f['depth']}, width {f['width']}, seed {f['seed']}"
+                  + (f", kappa {f['kappa']}" if study == "agreement" else "")
+                  + f": loss {f['loss']:.3g} x 1/2|y|^2 after {f['steps']} steps" for f in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -135,9 +142,12 @@ def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: P
     """``sweep``: this run's axes and inputs; the fits cover every row in ``rows``, which
     may also hold configurations of earlier runs into the same folder."""
     found = fits(study, rows)
-    (folder / f"{study}_summary.json").write_text(json.dumps(
-        {"study": study, "preset": preset, "sweep": sweep, "device": device,
-         "versions": versions, "fits": found}, indent=1) + "\n")
-    (folder / f"{study}.md").write_text(_words(study, preset, found, sweep))
-    if rows:
+    failed = unconverged(rows)
+    summary = {"study": study, "preset": preset, "sweep": sweep, "device": device,
+               "versions": versions, "fits": found}
+    if study != "init":  # the studies that train
+        summary["unconverged"] = failed
+    (folder / f"{study}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / f"{study}.md").write_text(_words(study, preset, found, sweep, failed))
+    if any(r["metric"] in FITTED[study] for r in rows):
         _figure(study, rows, folder / f"{study}.png")

@@ -39,7 +39,9 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert len(configs) == len(setting.archs) * len(setting.widths) * setting.seeds * (
         len(setting.kappas) if study == "agreement" else 1)
     summary = json.loads((tmp_path / f"{study}_summary.json").read_text())
-    assert set(summary) == {"study", "preset", "sweep", "device", "versions", "fits"}
+    trains = {"unconverged"} if study != "init" else set()
+    assert set(summary) == {"study", "preset", "sweep", "device", "versions", "fits", *trains}
+    assert summary.get("unconverged", []) == []
     assert summary["sweep"]["widths"] == list(setting.widths)
     assert {f["metric"] for f in summary["fits"]} == set(convergence.FITTED[study])
     for fit in summary["fits"]:
@@ -94,12 +96,50 @@ def test_malformed_arguments_are_usage_errors(argv, capsys):
     ("init", ["--archs", "fc,mlp"], "archs"), ("init", ["--archs", ","], "archs"),
     ("init", ["--depths", "1,2"], "depths"), ("init", ["--kappas", "0.1"], "kappas"),
     ("agreement", ["--kappas", "0,1"], "kappas"), ("agreement", ["--kappas", "nan"], "kappas"),
-    ("agreement", ["--kappas", "inf"], "kappas")])
+    ("agreement", ["--kappas", "inf"], "kappas"), ("init", ["--max-steps", "10"], "max_steps"),
+    ("drift", ["--max-steps", "0"], "max_steps")])
 def test_bad_values_give_one_line_errors(tmp_path, tiny_quick, capsys, study, extra, named):
     assert main(["study", study, "--out", str(tmp_path), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ntkcheck: error: {named} ")
     assert not (tmp_path / f"{study}.csv").exists()  # refused before any configuration ran
+
+
+def _metrics(path):
+    with path.open() as f:
+        return [(r["metric"], float(r["value"])) for r in csv.DictReader(f)]
+
+
+def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, tiny_quick,
+                                                                     capsys, monkeypatch):
+    command = ["study", "drift", "--out", str(tmp_path), "--quiet", "--widths", "16",
+               "--seeds", "1"]
+    assert main([*command, "--max-steps", "2"]) == 0  # the sweep goes on, exit status 0
+    assert "fc depth 2 width 16 seed 0 kappa 1 did not converge in 2 steps" in (
+        capsys.readouterr().err)
+    (steps, two), (metric, loss) = _metrics(tmp_path / "drift.csv")
+    assert (steps, two, metric) == ("steps", 2, convergence.UNCONVERGED)
+    assert loss > convergence.LOSS_TOLERANCE  # no fitted metrics: they need convergence
+    summary = json.loads((tmp_path / "drift_summary.json").read_text())
+    assert summary["fits"] == [] and summary["sweep"]["max_steps"] == 2
+    assert summary["unconverged"] == [{"arch": "fc", "depth": 2, "width": 16, "seed": 0,
+                                       "kappa": 1.0, "steps": 2, "loss": loss}]
+    assert "width 16, seed 0: loss" in (tmp_path / "drift.md").read_text()
+    assert not (tmp_path / "drift.png").exists()  # nothing to draw
+
+    calls = []
+    original = convergence.MEASURE["drift"]
+    monkeypatch.setitem(convergence.MEASURE, "drift",
+                        lambda *a: calls.append(a[:4]) or original(*a))
+    assert main([*command, "--max-steps", "2"]) == 0
+    assert calls == []  # the same budget again: nothing to retry
+    assert main(command) == 0  # the preset's 100000 steps: retried, and it converges
+    assert calls == [("fc", 2, 16, 0)]
+    metrics = dict(_metrics(tmp_path / "drift.csv"))
+    assert set(metrics) == {"kernel_change_fro", "weight_change", "steps"}
+    assert 2 < metrics["steps"] < 100_000
+    assert json.loads((tmp_path / "drift_summary.json").read_text())["unconverged"] == []
+    assert (tmp_path / "drift.png").exists()
 
 
 def test_an_unwritable_folder_is_a_one_line_error(tmp_path, tiny_quick, capsys):
