@@ -161,12 +161,45 @@ class _Unconverged(Exception):
         self.rows = rows
 
 
+def _training_set(arch: str, setting: Setting,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CIFAR-2 points drift and agreement train on, as ``arch`` takes them; labels."""
+    images, y = cifar2(setting.n, "train")
+    x = inputs(arch, images, images, setting.crop, device)
+    return x, y.to(device=device, dtype=x.dtype)
+
+
+def regime_scales(rows: Sequence[dict[str, object]], setting: Setting,
+                  device: torch.device) -> list[dict[str, object]]:
+    """How far the kernel regime must move the weights, per (arch, depth, kappa) in ``rows``,
+    from the analytic kernels on the training points.
+
+    Gradient descent on the net linearized at initialization moves the weights by the least
+    norm that fits, ||theta(T) - theta(0)||^2 = (y - kappa f0)^T (kappa^2 H0)^-1 (y - kappa f0);
+    at infinite width (H0 -> Theta, f0 ~ N(0, Sigma)) its mean is
+    ``displacement``^2 = y^T Theta^-1 y / kappa^2 + tr(Theta^-1 Sigma). A net stays near
+    H(0) while its weights move little against the scale on which its Jacobian changes, so
+    a larger displacement needs a wider net. Also Theta's extreme eigenvalues: the smallest,
+    lambda_0, enters Theorem 3.2's width bound, and their ratio sets the steps to converge."""
+    scales = []
+    for arch, depth, kappa in sorted({(str(r["arch"]), int(str(r["depth"])),
+                                       float(str(r["kappa"]))) for r in rows}):
+        x, y = _training_set(arch, setting, device)
+        kernels = architecture(arch, depth)
+        theta, sigma = kernels.ntk(x), kernels.nngp(x)
+        eigenvalues = torch.linalg.eigvalsh(theta)
+        squared = (float(y @ torch.linalg.solve(theta, y)) / kappa**2
+                   + float(torch.linalg.solve(theta, sigma).trace()))
+        scales.append({"arch": arch, "depth": depth, "kappa": kappa,
+                       "lambda_min": float(eigenvalues[0]), "lambda_max": float(eigenvalues[-1]),
+                       "displacement": math.sqrt(squared)})
+    return scales
+
+
 def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
          device: torch.device):
     """A net trained to convergence on the CIFAR-2 slice, its data and its history."""
-    images, y = cifar2(setting.n, "train")
-    x = inputs(arch, images, images, setting.crop, device)
-    y = y.to(device=device, dtype=x.dtype)
+    x, y = _training_set(arch, setting, device)
     net = architecture(arch, depth).network(width, tuple(x.shape[1:]), seed=seed,
                                             dtype=x.dtype, device=device)
     with torch.no_grad():  # kappa f0 on the training points, before training moves it
@@ -365,6 +398,7 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
 
     name = (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda"
             else f"cpu ({torch.get_num_threads()} threads)")
+    scales = regime_scales(rows, setting, torch_device) if study != "init" else []
     report(study, preset, rows, folder, device=name, versions=versions(),
-           sweep=_sweep_record(study, setting))
+           sweep=_sweep_record(study, setting), scales=scales)
     return rows

@@ -94,7 +94,7 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
 
 
 def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
-           failed: list[dict[str, object]]) -> str:
+           failed: list[dict[str, object]], scales: list[dict[str, object]]) -> str:
     bound = BOUND_SLOPES[study]
     axes = "; ".join(f"{name} {_listed(value)}" for name, value in sweep.items())
     lines = [f"# {study} study ({preset} preset)", "",
@@ -124,6 +124,17 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
                 "faster than m^-1/2" if high < -0.5 else "slower than m^-1/2")
         lines.append(f"- {f['arch']}, depth {f['depth']}{kappa}, {f['metric']}: slope "
                      f"{f['slope']:.3f} [{low:.3f}, {high:.3f}]: {verdict}; {rate}.")
+    if scales:
+        lines += ["", "Scales of the kernel regime, from the analytic kernels on the training "
+                  "points: Theta's extreme eigenvalues (the smallest enters Theorem 3.2's width "
+                  "bound; their ratio sets the steps to converge) and the weight displacement "
+                  "of the net linearized at initialization, in mean over initializations, "
+                  "sqrt(y' Theta^-1 y / kappa^2 + tr(Theta^-1 Sigma)): the further the weights "
+                  "must move, the wider a net must be to keep its kernel.", ""]
+        lines += [f"- {c['arch']}, depth {c['depth']}"
+                  + (f", kappa {c['kappa']}" if study == "agreement" else "")
+                  + f": eigenvalues {c['lambda_min']:.3g} to {c['lambda_max']:.3g}, "
+                  f"displacement {c['displacement']:.3g}" for c in scales]
     if failed:
         lines += ["", f"Did not reach loss <= {LOSS_TOLERANCE:g} x 1/2|y|^2, so no fitted values "
                   "(a re-run with a larger --max-steps retries them):"]
@@ -138,16 +149,19 @@ def _listed(value: object) -> str:
 
 
 def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: Path, *,
-           device: str, versions: dict[str, str], sweep: dict[str, object]) -> None:
+           device: str, versions: dict[str, str], sweep: dict[str, object],
+           scales: list[dict[str, object]]) -> None:
     """``sweep``: this run's axes and inputs; the fits cover every row in ``rows``, which
-    may also hold configurations of earlier runs into the same folder."""
+    may also hold configurations of earlier runs into the same folder. ``scales``:
+    ``convergence.regime_scales`` of the rows (empty for init, which trains nothing)."""
     found = fits(study, rows)
     failed = unconverged(rows)
     summary = {"study": study, "preset": preset, "sweep": sweep, "device": device,
                "versions": versions, "fits": found}
     if study != "init":  # the studies that train
         summary["unconverged"] = failed
+        summary["regime_scales"] = scales
     (folder / f"{study}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (folder / f"{study}.md").write_text(_words(study, preset, found, sweep, failed))
+    (folder / f"{study}.md").write_text(_words(study, preset, found, sweep, failed, scales))
     if any(r["metric"] in FITTED[study] for r in rows):
         _figure(study, rows, folder / f"{study}.png")

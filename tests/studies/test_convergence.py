@@ -39,9 +39,14 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert len(configs) == len(setting.archs) * len(setting.widths) * setting.seeds * (
         len(setting.kappas) if study == "agreement" else 1)
     summary = json.loads((tmp_path / f"{study}_summary.json").read_text())
-    trains = {"unconverged"} if study != "init" else set()
+    trains = {"unconverged", "regime_scales"} if study != "init" else set()
     assert set(summary) == {"study", "preset", "sweep", "device", "versions", "fits", *trains}
     assert summary.get("unconverged", []) == []
+    if study != "init":  # one per (arch, depth, kappa) swept
+        assert len(summary["regime_scales"]) == len(setting.archs) * len(setting.depths) * (
+            len(setting.kappas) if study == "agreement" else 1)
+        assert all(0 < c["lambda_min"] <= c["lambda_max"] and c["displacement"] > 0
+                   for c in summary["regime_scales"])
     assert summary["sweep"]["widths"] == list(setting.widths)
     assert {f["metric"] for f in summary["fits"]} == set(convergence.FITTED[study])
     for fit in summary["fits"]:
@@ -148,6 +153,46 @@ def test_an_unwritable_folder_is_a_one_line_error(tmp_path, tiny_quick, capsys):
     assert main(["study", "init", "--out", str(blocker / "sub"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ntkcheck: error: ")
+
+
+def test_the_displacement_scale_is_what_wide_nets_move():
+    """regime_scales' displacement: the mean over initializations of the least weight move
+    that fits the linearized net (Monte Carlo over 400 nets of width 256), which is what a
+    wide net trained to convergence moves (width 512). kappa 2 gives both terms of the
+    formula a similar share: a kappa misplaced or the f0 term left out is seen."""
+    cpu, kappa, arch = torch.device("cpu"), 2.0, nc.FC(depth=2)
+    setting = convergence.Setting(("fc",), (2,), (16,), seeds=1, n=4, crop=4)
+    row = {"arch": "fc", "depth": 2, "width": 16, "seed": 0, "kappa": kappa, "metric": "m",
+           "value": 0.0}
+    (scale,) = convergence.regime_scales([row], setting, cpu)
+    x, y = convergence._training_set("fc", setting, cpu)
+    theta = arch.ntk(x)
+    eigenvalues = torch.linalg.eigvalsh(theta)
+    assert (scale["lambda_min"], scale["lambda_max"]) == (float(eigenvalues[0]),
+                                                          float(eigenvalues[-1]))
+
+    def linearized_move(net):
+        """||theta(T) - theta(0)|| of the linearized net: (y - kappa f0)^T (kappa^2 H0)^-1 (...)."""
+        with torch.no_grad():
+            residual = y - kappa * net(x)
+        h0 = kappa**2 * nc.empirical_ntk(net, x)
+        return float(residual @ torch.linalg.solve(h0, residual)) ** 0.5
+
+    squares = torch.tensor([linearized_move(arch.network(256, (x.shape[1],), seed=seed,
+                                                         dtype=torch.float64)) ** 2
+                            for seed in range(400)])
+    error = 4 * float(squares.std()) / len(squares) ** 0.5  # 4 standard errors: 13% here
+    expected = scale["displacement"] ** 2  # its f0 term is 72% of it, the y term 28%
+    assert abs(float(squares.mean()) - expected) < error < 0.15 * expected
+
+    net = arch.network(512, (x.shape[1],), seed=0, dtype=torch.float64)
+    start = [p.detach().clone() for p in net.parameters()]
+    predicted = linearized_move(net)
+    train(net, x, y, kappa=kappa, lr=0.5 * max_stable_lr(net, x, kappa=kappa),
+          until_loss=1e-12, record_every=100_000)
+    moved = sum(float(((p.detach() - p0) ** 2).sum()) for p, p0 in zip(net.parameters(), start,
+                                                                      strict=True)) ** 0.5
+    assert moved == pytest.approx(predicted, rel=0.03)
 
 
 def gap_and_bound(width):
