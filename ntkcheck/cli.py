@@ -153,8 +153,9 @@ def _study(args: argparse.Namespace) -> None:
     convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
                     archs=args.archs, depths=args.depths, widths=args.widths,
                     seeds=args.seeds, kappas=args.kappas, max_steps=args.max_steps)
-    print(f"wrote {args.out}/{args.study}.csv, {args.study}_summary.json, {args.study}.png "
-          f"and {args.study}.md")
+    written = [f"{args.study}{end}" for end in (".csv", "_summary.json", ".png", ".md")
+               if (Path(args.out) / f"{args.study}{end}").exists()]  # no figure if nothing fitted
+    print(f"wrote {args.out}/{', '.join(written[:-1])} and {written[-1]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,8 +120,9 @@ def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, ti
     command = ["study", "drift", "--out", str(tmp_path), "--quiet", "--widths", "16",
                "--seeds", "1"]
     assert main([*command, "--max-steps", "2"]) == 0  # the sweep goes on, exit status 0
-    assert "fc depth 2 width 16 seed 0 kappa 1 did not converge in 2 steps" in (
-        capsys.readouterr().err)
+    said = capsys.readouterr()
+    assert "fc depth 2 width 16 seed 0 kappa 1 did not converge in 2 steps" in said.err
+    assert said.out.strip().endswith("drift.csv, drift_summary.json and drift.md")
     (steps, two), (metric, loss) = _metrics(tmp_path / "drift.csv")
     assert (steps, two, metric) == ("steps", 2, convergence.UNCONVERGED)
     assert loss > convergence.LOSS_TOLERANCE  # no fitted metrics: they need convergence
@@ -130,7 +131,7 @@ def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, ti
     assert summary["unconverged"] == [{"arch": "fc", "depth": 2, "width": 16, "seed": 0,
                                        "kappa": 1.0, "steps": 2, "loss": loss}]
     assert "width 16, seed 0: loss" in (tmp_path / "drift.md").read_text()
-    assert not (tmp_path / "drift.png").exists()  # nothing to draw
+    assert not (tmp_path / "drift.png").exists()  # nothing to draw, and "wrote" says so
 
     calls = []
     original = convergence.MEASURE["drift"]
