@@ -181,18 +181,21 @@ def regime_scales(rows: Sequence[dict[str, object]], setting: Setting,
     H(0) while its weights move little against the scale on which its Jacobian changes, so
     a larger displacement needs a wider net. Also Theta's extreme eigenvalues: the smallest,
     lambda_0, enters Theorem 3.2's width bound, and their ratio sets the steps to converge."""
+    kappas: dict[tuple[str, int], set[float]] = {}
+    for r in rows:
+        kappas.setdefault((str(r["arch"]), int(str(r["depth"]))), set()).add(float(str(r["kappa"])))
     scales = []
-    for arch, depth, kappa in sorted({(str(r["arch"]), int(str(r["depth"])),
-                                       float(str(r["kappa"]))) for r in rows}):
+    for (arch, depth), its_kappas in sorted(kappas.items()):  # Theta and Sigma once per pair
         x, y = _training_set(arch, setting, device)
         kernels = architecture(arch, depth)
         theta, sigma = kernels.ntk(x), kernels.nngp(x)
         eigenvalues = torch.linalg.eigvalsh(theta)
-        squared = (float(y @ torch.linalg.solve(theta, y)) / kappa**2
-                   + float(torch.linalg.solve(theta, sigma).trace()))
-        scales.append({"arch": arch, "depth": depth, "kappa": kappa,
-                       "lambda_min": float(eigenvalues[0]), "lambda_max": float(eigenvalues[-1]),
-                       "displacement": math.sqrt(squared)})
+        fit_y = float(y @ torch.linalg.solve(theta, y))
+        fit_f0 = float(torch.linalg.solve(theta, sigma).trace())
+        scales += [{"arch": arch, "depth": depth, "kappa": kappa,
+                    "lambda_min": float(eigenvalues[0]), "lambda_max": float(eigenvalues[-1]),
+                    "displacement": math.sqrt(fit_y / kappa**2 + fit_f0)}
+                   for kappa in sorted(its_kappas)]
     return scales
 
 
