@@ -1,18 +1,25 @@
 """Full-batch gradient descent in the paper's setting (Sec. 3): the loss
 1/2 sum_i (kappa f(theta, x_i) - y_i)^2 over the trainable parameters, with a record of how
-far the empirical NTK of kappa f and the weights move from their initial values.
+far the empirical NTK of kappa f and the weights move from their initial values; a run can
+be checkpointed to disk and resumed (gradient descent has no randomness and plain SGD no
+state, so a resumed run takes the same steps as one that was never stopped).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._checks import check_int
 from ._progress import Progress
+from ._saved import fingerprint, save
 from .empirical import Implementation, empirical_ntk
 
 
@@ -51,6 +58,37 @@ def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float) -> tor
     return 0.5 * ((kappa * net(x) - y) ** 2).sum()
 
 
+def _identity(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float, lr: float,
+              record_every: int) -> dict[str, object]:
+    """What a checkpoint must agree on to continue a run: the problem, the net at step 0
+    (fingerprints of their values) and the rates."""
+    return {"x": fingerprint(x), "y": fingerprint(y), "kappa": kappa, "lr": lr,
+            "record_every": record_every,
+            "initial": {name: fingerprint(p) for name, p in net.named_parameters()}}
+
+
+def _resumed(path: Path, identity: dict[str, object]) -> dict[str, object]:
+    """The state saved at ``path``, checked to belong to the run ``identity`` describes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file; save() writes whole files
+        raise ValueError(f"checkpoint {str(path)!r} is not a training checkpoint "
+                         f"({type(error).__name__}); delete it to start over") from None
+    saved = state.get("identity", {}) if isinstance(state, dict) else {}
+
+    def same(key: str, value: object) -> bool:  # rates are recomputed: last bits may differ
+        if isinstance(value, float) and isinstance(saved.get(key), float):
+            return math.isclose(saved[key], value, rel_tol=1e-9)
+        return bool(saved.get(key) == value)
+
+    differ = [k for k, v in identity.items() if not same(k, v)]
+    if differ:
+        raise ValueError(f"checkpoint {str(path)!r} belongs to a different run "
+                         f"({', '.join(differ)} differ); delete it to start over, or pass "
+                         "another checkpoint path")
+    return state
+
+
 def max_stable_lr(
     net: nn.Module, x: torch.Tensor, *, kappa: float = 1.0,
     implementation: Implementation = "auto",
@@ -75,6 +113,9 @@ def train(
     record_every: int = 100,
     implementation: Implementation = "auto",
     progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: float = 60.0,
 ) -> History:
     """Train ``net`` in place by full-batch gradient descent on
     1/2 sum_i (kappa f(x_i) - y_i)^2 and return its ``History``.
@@ -83,7 +124,15 @@ def train(
     (carrying the history) if ``max_steps`` steps do not get it there.
     ``y`` has the net's output shape, (n,) or (n, k).  A learning rate at or above
     2 / lambda_max(kappa^2 H(0)) is refused: gradient descent would diverge on the
-    linearized net; the error gives the largest stable rate.
+    linearized net; the error gives the largest stable rate.  ``on_step(step, loss)`` is
+    called after every step.
+
+    ``checkpoint``: a file that holds the run's state (weights, step, history), written at
+    most every ``checkpoint_every`` seconds and when the run ends, converged or not.  If it
+    exists, the run continues from it: ``net`` must be the same net at step 0 (and ``x``,
+    ``y``, ``kappa``, ``lr``, ``record_every`` the same), else a ValueError; a larger
+    ``max_steps`` continues a run that ran out of steps.  The file stays; delete it to start
+    over.
     """
     if (steps is None) == (until_loss is None):
         raise ValueError("give exactly one of steps=... or until_loss=...")
@@ -91,6 +140,9 @@ def train(
         check_int("steps", steps, 0)
     check_int("record_every", record_every, 1)
     check_int("max_steps", max_steps, 1)
+    if not (isinstance(checkpoint_every, int | float) and checkpoint_every >= 0):
+        raise ValueError(f"checkpoint_every must be a number of seconds >= 0; "
+                         f"got {checkpoint_every!r}")
     if not (isinstance(kappa, int | float) and kappa > 0):
         raise ValueError(f"kappa must be a positive number; got {kappa!r}")
     if not (isinstance(lr, int | float) and lr > 0):
@@ -116,6 +168,8 @@ def train(
                          f"use lr < {history.max_stable_lr:.4g}")
     initial = {name: p.detach().clone() for name, p in params.items()}
     h0_norm = float(h0.norm())
+    path = None if checkpoint is None else Path(checkpoint)
+    identity = _identity(net, x, y, kappa, lr, record_every)
 
     def record(step: int, loss: float, h: torch.Tensor | None = None) -> None:
         h = kernel() if h is None else h
@@ -129,12 +183,29 @@ def train(
             name: float((p.detach() - initial[name]).norm() / initial[name].norm())
             for name, p in params.items()})
 
+    def keep(step: int) -> None:
+        if path is not None:
+            save({"identity": identity, "step": step, "history": asdict(history),
+                  "weights": {name: p.detach().cpu() for name, p in params.items()}}, path)
+
     optimizer = torch.optim.SGD(params.values(), lr=lr)
     limit = steps if steps is not None else max_steps
     step = 0
+    if path is not None and path.exists():
+        state = _resumed(path, identity)
+        step = int(state["step"])  # type: ignore[call-overload]
+        if step > limit:
+            raise ValueError(f"checkpoint {str(path)!r} is at step {step}, past "
+                             f"{'steps' if steps is not None else 'max_steps'}={limit}")
+        history = History(**state["history"])  # type: ignore[arg-type]
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["weights"][name])  # type: ignore[index]
     loss = _loss(net, x, y, kappa)
-    record(0, float(loss.detach()), h0)
-    with Progress(limit, "steps", enabled=progress) as bar:
+    if step == 0:
+        record(0, float(loss.detach()), h0)
+    kept = time.monotonic()
+    with Progress(limit - step, "steps", enabled=progress) as bar:
         while step < limit and (until_loss is None or float(loss.detach()) > until_loss):
             optimizer.zero_grad()
             loss.backward()
@@ -143,9 +214,15 @@ def train(
             loss = _loss(net, x, y, kappa)
             if step % record_every == 0:
                 record(step, float(loss.detach()))
+            if path is not None and time.monotonic() - kept >= checkpoint_every:
+                keep(step)
+                kept = time.monotonic()
+            if on_step is not None:
+                on_step(step, float(loss.detach()))
             bar.advance(1)
     if history.steps[-1] != step:
         record(step, float(loss.detach()))
+    keep(step)
     if until_loss is not None and float(loss.detach()) > until_loss:
         raise NotConvergedError(f"loss {float(loss.detach()):.3g} still above until_loss="
                                 f"{until_loss:g} after max_steps={max_steps} steps; "

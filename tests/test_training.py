@@ -76,3 +76,71 @@ def test_bad_arguments():
         train(net, x, y, lr=1e-6, until_loss=1e-9, max_steps=3, record_every=2)
     assert failure.value.history.steps == [0, 2, 3]  # what it got to, for the caller
     assert failure.value.history.loss[-1] > 1e-9
+
+
+class Stop(Exception):
+    """Stands in for Ctrl-C or a killed job, at a chosen step."""
+
+
+def steps_seen(seen, stop_at=None):
+    """An on_step that lists the steps it sees, and stops the run at ``stop_at``."""
+    def on_step(step, loss):
+        seen.append(step)
+        if step == stop_at:
+            raise Stop
+    return on_step
+
+
+def test_a_stopped_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path):
+    net, x, y = problem(width=64)
+    lr = 0.5 * max_stable_lr(net, x)
+    whole = train(net, x, y, lr=lr, steps=40, record_every=5)
+    path, seen = tmp_path / "run.pt", []
+    with pytest.raises(Stop):  # saved at every step (checkpoint_every=0), then stopped
+        train(problem(width=64)[0], x, y, lr=lr, steps=40, record_every=5, checkpoint=path,
+              checkpoint_every=0, on_step=steps_seen(seen, stop_at=23))
+    resumed_net, seen = problem(width=64)[0], []
+    resumed = train(resumed_net, x, y, lr=lr, steps=40, record_every=5, checkpoint=path,
+                    on_step=steps_seen(seen))
+    assert seen == list(range(24, 41))  # it took only the steps the first run had not
+    assert resumed.steps == whole.steps == list(range(0, 41, 5))
+    for got, want in [(resumed.loss, whole.loss), (resumed.kernel_change_fro,
+                                                   whole.kernel_change_fro)]:
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-12, atol=0)
+    for (name, got), want in zip(resumed_net.named_parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0, msg=name)
+
+
+def test_more_steps_continue_a_run_that_ran_out(tmp_path):
+    net, x, y = problem(width=64)
+    lr = 0.5 * max_stable_lr(net, x)
+    whole = train(net, x, y, lr=lr, until_loss=1e-3, record_every=1000)
+    path = tmp_path / "run.pt"
+    with pytest.raises(NotConvergedError):  # the checkpoint is written when it gives up
+        train(problem(width=64)[0], x, y, lr=lr, until_loss=1e-3, max_steps=10,
+              record_every=1000, checkpoint=path, checkpoint_every=1e9)
+    seen = []
+    resumed = train(problem(width=64)[0], x, y, lr=lr, until_loss=1e-3, record_every=1000,
+                    checkpoint=path, on_step=steps_seen(seen))
+    assert seen[0] == 11 and resumed.steps[-1] == whole.steps[-1] > 11
+    assert resumed.steps == [0, 10, *whole.steps[1:]]  # also where the first run stopped
+    assert resumed.kernel_change_fro[-1] == pytest.approx(whole.kernel_change_fro[-1],
+                                                          rel=1e-10)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    net, x, y = problem(width=64)
+    lr = 0.5 * max_stable_lr(net, x)
+    path = tmp_path / "run.pt"
+    train(net, x, y, lr=lr, steps=20, checkpoint=path)
+    with pytest.raises(ValueError, match=r"belongs to a different run \(initial differ\)"):
+        train(problem(width=64, seed=1)[0], x, y, lr=lr, steps=30, checkpoint=path)
+    with pytest.raises(ValueError, match=r"belongs to a different run \(y, lr differ\)"):
+        train(problem(width=64)[0], x, -y, lr=lr / 2, steps=30, checkpoint=path)
+    with pytest.raises(ValueError, match="is at step 20, past steps=10"):
+        train(problem(width=64)[0], x, y, lr=lr, steps=10, checkpoint=path)
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a training checkpoint"):
+        train(problem(width=64)[0], x, y, lr=lr, steps=30, checkpoint=path)
+    with pytest.raises(ValueError, match="checkpoint_every must be a number of seconds"):
+        train(problem(width=64)[0], x, y, lr=lr, steps=30, checkpoint_every=-1)
