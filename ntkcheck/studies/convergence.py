@@ -9,6 +9,9 @@
 Each configuration (architecture, depth, width, seed[, kappa]) appends tidy rows
 ``arch, depth, width, seed, kappa, metric, value`` to ``<study>.csv``, rewritten whole after
 each one, so a re-run with the same folder skips what is done and Ctrl-C leaves a valid file.
+A net in training keeps a checkpoint in ``checkpoints/`` (every minute, and when it stops
+unconverged), so a re-run continues it mid-way, and a larger ``max_steps`` continues an
+unconverged one from where it stopped.
 Inputs are real CIFAR-10 images (the exact-pixel subset): centre crops, unit-norm and
 flattened for FC (the theorems' setting), standardized for CNNs; ``drift`` and
 ``agreement`` use the airplane-vs-automobile slice with labels -1 / +1.
@@ -22,6 +25,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -142,8 +146,17 @@ def _init_problem(arch: str, depth: int, n: int, crop: int,
     return x, architecture(arch, depth).ntk(x)
 
 
+@dataclass(frozen=True)
+class _Training:
+    """Where a configuration's net keeps its training checkpoint, and where it reports
+    its steps."""
+
+    checkpoint: Path
+    note: Callable[[str], None]
+
+
 def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
-          device: torch.device) -> list[dict[str, object]]:
+          device: torch.device, _: _Training) -> list[dict[str, object]]:
     x, theta = _init_problem(arch, depth, setting.n, setting.crop, device)
     kernel = architecture(arch, depth)
     net = kernel.network(width, tuple(x.shape[1:]), seed=seed, dtype=x.dtype, device=device)
@@ -200,7 +213,7 @@ def regime_scales(rows: Sequence[dict[str, object]], setting: Setting,
 
 
 def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
-         device: torch.device):
+         device: torch.device, training: _Training):
     """A net trained to convergence on the CIFAR-2 slice, its data and its history."""
     x, y = _training_set(arch, setting, device)
     net = architecture(arch, depth).network(width, tuple(x.shape[1:]), seed=seed,
@@ -209,9 +222,17 @@ def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Se
         f0_train = kappa * net(x)
     lr = 0.5 * max_stable_lr(net, x, kappa=kappa)
     zero_loss = 0.5 * float((y**2).sum())
+    name = _named((arch, depth, width, seed, kappa))
+
+    def on_step(step: int, loss: float) -> None:
+        training.note(f"| {name}: step {step:,}, relative loss {loss / zero_loss:.1e} "
+                      f"(stops at {LOSS_TOLERANCE:.0e})")
+
+    training.checkpoint.parent.mkdir(exist_ok=True)
     try:
         history = train(net, x, y, kappa=kappa, lr=lr, record_every=10_000,
-                        until_loss=LOSS_TOLERANCE * zero_loss, max_steps=setting.max_steps)
+                        until_loss=LOSS_TOLERANCE * zero_loss, max_steps=setting.max_steps,
+                        on_step=on_step, checkpoint=training.checkpoint)
     except NotConvergedError as failure:
         got = failure.history
         raise _Unconverged([_row(arch, depth, width, seed, kappa, "steps", got.steps[-1]),
@@ -221,8 +242,8 @@ def _fit(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Se
 
 
 def _drift(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
-           device: torch.device) -> list[dict[str, object]]:
-    _, _, _, history, _ = _fit(arch, depth, width, seed, kappa, setting, device)
+           device: torch.device, training: _Training) -> list[dict[str, object]]:
+    _, _, _, history, _ = _fit(arch, depth, width, seed, kappa, setting, device, training)
     return [_row(arch, depth, width, seed, kappa, "kernel_change_fro",
                  history.kernel_change_fro[-1]),
             _row(arch, depth, width, seed, kappa, "weight_change",
@@ -231,7 +252,7 @@ def _drift(arch: str, depth: int, width: int, seed: int, kappa: float, setting: 
 
 
 def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
-               device: torch.device) -> list[dict[str, object]]:
+               device: torch.device, training: _Training) -> list[dict[str, object]]:
     """f_nn: the trained net kappa f on test points.  f_ntk: kernel regression with the
     analytic NTK, Theta(x, X) Theta^-1 y (what Theorem 3.2 bounds f_nn against; it has an
     O(kappa) floor from kappa f at initialization).  f_lin: the net linearized at
@@ -244,7 +265,7 @@ def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setti
     shape = tuple(x_test.shape[1:])
     init_net = architecture_.network(width, shape, seed=seed, dtype=x_test.dtype,
                                      device=device)
-    net, x, y, _, f0_train = _fit(arch, depth, width, seed, kappa, setting, device)
+    net, x, y, _, f0_train = _fit(arch, depth, width, seed, kappa, setting, device, training)
     with torch.no_grad():
         f_nn = kappa * net(x_test)
         f0_test = kappa * init_net(x_test)
@@ -274,6 +295,12 @@ def _configurations(study: str, setting: Setting) -> list[tuple[str, int, int, i
 def _named(config: tuple[str, int, int, int, float]) -> str:
     arch, depth, width, seed, kappa = config
     return f"{arch} depth {depth} width {width} seed {seed} kappa {kappa:g}"
+
+
+def _checkpoint(folder: Path, study: str, config: tuple[str, int, int, int, float]) -> Path:
+    arch, depth, width, seed, kappa = config
+    return (folder / "checkpoints"
+            / f"{study}_{arch}_depth{depth}_width{width}_seed{seed}_kappa{kappa:g}.pt")
 
 
 def config_key(row: dict[str, object]) -> tuple[str, int, int, int, float]:
@@ -373,7 +400,8 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
     ``archs``, ``depths``, ``widths``, ``seeds``, ``kappas`` and ``max_steps`` replace the
     preset's (see ``sweep``); rows of other configurations already in the folder's CSV stay
     and are fitted with the new ones. A net that does not converge in ``max_steps`` is noted
-    on stderr and recorded as ``UNCONVERGED``; the sweep goes on."""
+    on stderr and recorded as ``UNCONVERGED``; the sweep goes on. A net in training resumes
+    from its checkpoint in ``out``/checkpoints/ (deleted once the net converges)."""
     setting = sweep(study, preset, archs=archs, depths=depths, widths=widths, seeds=seeds,
                     kappas=kappas, max_steps=max_steps)
     torch_device = torch.device(device)
@@ -386,17 +414,28 @@ def run(study: str, preset: str, out: str | os.PathLike[str], *, device: str = "
     done = {config_key(r) for r in rows}
     todo = [c for c in _configurations(study, setting) if c not in done]
     with Progress(len(todo), f"{study} configurations", enabled=progress) as bar:
+
+        def say(text: str) -> None:  # a line of its own, below the progress line
+            print(f"{chr(10) if bar.shown else ''}{study}: {text}", file=sys.stderr)
+
         for config in todo:  # inputs, nets and kernels are float64 throughout
+            training = _Training(_checkpoint(folder, study, config), bar.note)
+            if training.checkpoint.exists():
+                say(f"{_named(config)} resumes from {training.checkpoint}")
             try:
-                rows += MEASURE[study](*config, setting, torch_device)
-            except _Unconverged as failure:
+                rows += MEASURE[study](*config, setting, torch_device, training)
+            except _Unconverged as failure:  # its checkpoint stays: more steps continue it
                 rows += failure.rows
-                below_bar = "\n" if bar.shown else ""
-                print(f"{below_bar}{study}: {_named(config)} did not converge in "
-                      f"{setting.max_steps} steps (loss {failure.rows[1]['value']:.3g} x "
-                      "1/2|y|^2); recorded as unconverged, no fitted values", file=sys.stderr)
+                say(f"{_named(config)} did not converge in {setting.max_steps} steps (loss "
+                    f"{failure.rows[1]['value']:.3g} x 1/2|y|^2); recorded as unconverged, "
+                    "no fitted values")
+            else:
+                training.checkpoint.unlink(missing_ok=True)
             write_rows(csv_path, FIELDS, rows)
+            bar.note("")
             bar.advance(1)
+    with suppress(OSError):  # gone once no net is left part-trained
+        (folder / "checkpoints").rmdir()
     from .convergence_report import report  # matplotlib only when writing
 
     name = (torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda"

@@ -139,13 +139,48 @@ def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, ti
                         lambda *a: calls.append(a[:4]) or original(*a))
     assert main([*command, "--max-steps", "2"]) == 0
     assert calls == []  # the same budget again: nothing to retry
+    checkpoint = tmp_path / "checkpoints" / "drift_fc_depth2_width16_seed0_kappa1.pt"
+    assert checkpoint.exists()  # where the net stopped, for a larger budget to go on from
+    capsys.readouterr()
     assert main(command) == 0  # the preset's 100000 steps: retried, and it converges
     assert calls == [("fc", 2, 16, 0)]
+    assert f"fc depth 2 width 16 seed 0 kappa 1 resumes from {checkpoint}" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "checkpoints").exists()  # no net is left part-trained
     metrics = dict(_metrics(tmp_path / "drift.csv"))
     assert set(metrics) == {"kernel_change_fro", "weight_change", "steps"}
-    assert 2 < metrics["steps"] < 100_000
     assert json.loads((tmp_path / "drift_summary.json").read_text())["unconverged"] == []
     assert (tmp_path / "drift.png").exists()
+    # it took the steps of a run never stopped, and its kernel moved as that one's did
+    assert main([*command[:3], str(tmp_path / "whole"), *command[4:]]) == 0
+    whole = dict(_metrics(tmp_path / "whole" / "drift.csv"))
+    assert 2 < metrics["steps"] == whole["steps"] < 100_000
+    assert metrics["kernel_change_fro"] == pytest.approx(whole["kernel_change_fro"], rel=1e-10)
+
+
+def test_a_study_stopped_mid_training_continues_from_the_checkpoint(tmp_path, tiny_quick,
+                                                                    capsys, monkeypatch):
+    command = ["study", "drift", "--out", str(tmp_path), "--quiet", "--widths", "16",
+               "--seeds", "1"]
+
+    def stopped_at_step_5(*args, on_step, **kwargs):  # as if killed just after step 5
+        def stop(step, loss):
+            on_step(step, loss)
+            if step == 5:
+                raise KeyboardInterrupt
+        return train(*args, **kwargs, on_step=stop, checkpoint_every=0)
+
+    monkeypatch.setattr(convergence, "train", stopped_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        main(command)
+    monkeypatch.setattr(convergence, "train", train)  # the checkpoint holds step 5
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "resumes from" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+    assert main([*command[:3], str(tmp_path / "whole"), *command[4:]]) == 0
+    resumed, whole = (dict(_metrics(f / "drift.csv")) for f in (tmp_path, tmp_path / "whole"))
+    assert resumed == pytest.approx(whole, rel=1e-10) and whole["steps"] > 5
 
 
 def test_an_unwritable_folder_is_a_one_line_error(tmp_path, tiny_quick, capsys):
