@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -74,7 +74,11 @@ def _resumed(path: Path, identity: dict[str, object]) -> dict[str, object]:
     except Exception as error:  # a truncated or foreign file; save() writes whole files
         raise ValueError(f"checkpoint {str(path)!r} is not a training checkpoint "
                          f"({type(error).__name__}); delete it to start over") from None
-    saved = state.get("identity", {}) if isinstance(state, dict) else {}
+    if not (isinstance(state, dict) and set(state) == {"identity", "step", "history", "weights"}
+            and set(state["history"]) == {f.name for f in fields(History)}):
+        raise ValueError(f"checkpoint {str(path)!r} is not a training checkpoint of this "
+                         "version of ntkcheck; delete it to start over")
+    saved = state["identity"]
 
     def same(key: str, value: object) -> bool:  # rates are recomputed: last bits may differ
         if isinstance(value, float) and isinstance(saved.get(key), float):
