@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("study", choices=["init", "drift", "agreement"])
     study.add_argument("--preset", choices=["quick", "paper"], default="quick")
     study.add_argument("--out", default="runs/studies", help="output folder; a re-run with "
-                       "the same folder resumes (default runs/studies)")
+                       "the same folder resumes, a net in training from its checkpoint in "
+                       "OUT/checkpoints/ (default runs/studies)")
     study.add_argument("--device", choices=["cpu", "cuda"], default=None)
     study.add_argument("--archs", type=_name_list, default=None,
                        help="comma-separated architectures from fc, cnn-flatten, cnn-gap, "
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("--max-steps", type=int, default=None,
                        help="drift and agreement: gradient-descent steps a net may take to "
                        "converge (default 100000); one that does not is recorded as "
-                       "unconverged, and a re-run with more steps retries it")
+                       "unconverged, and a re-run with more steps continues it")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
     study.set_defaults(run=_study)
 
