@@ -206,7 +206,7 @@ def train(
             for name, p in params.items():
                 p.copy_(state["weights"][name])  # type: ignore[index]
     loss = _loss(net, x, y, kappa)
-    if step == 0:
+    if not history.steps:  # a fresh run (a resumed one has step 0 in its history)
         record(0, float(loss.detach()), h0)
     kept = time.monotonic()
     with Progress(limit - step, "steps", enabled=progress) as bar:

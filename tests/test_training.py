@@ -139,6 +139,11 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         train(problem(width=64)[0], x, -y, lr=lr / 2, steps=30, checkpoint=path)
     with pytest.raises(ValueError, match="is at step 20, past steps=10"):
         train(problem(width=64)[0], x, y, lr=lr, steps=10, checkpoint=path)
+    assert train(problem(width=64)[0], x, y, lr=lr, steps=20,
+                 checkpoint=path).steps == [0, 20]  # finished: its history, as it was
+    zero = tmp_path / "zero.pt"
+    for _ in range(2):  # a checkpoint at step 0 records step 0 once
+        assert train(problem(width=64)[0], x, y, lr=lr, steps=0, checkpoint=zero).steps == [0]
     state = torch.load(path, weights_only=True)
     del state["history"]["kernel_change_op"]  # as from a version that recorded less
     torch.save(state, path)
