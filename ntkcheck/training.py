@@ -173,7 +173,7 @@ def train(
     initial = {name: p.detach().clone() for name, p in params.items()}
     h0_norm = float(h0.norm())
     path = None if checkpoint is None else Path(checkpoint)
-    identity = _identity(net, x, y, kappa, lr, record_every)
+    identity = {} if path is None else _identity(net, x, y, kappa, lr, record_every)
 
     def record(step: int, loss: float, h: torch.Tensor | None = None) -> None:
         h = kernel() if h is None else h
@@ -206,29 +206,31 @@ def train(
             for name, p in params.items():
                 p.copy_(state["weights"][name])  # type: ignore[index]
     loss = _loss(net, x, y, kappa)
+    value = float(loss.detach())  # one host read per step, for every use below
     if not history.steps:  # a fresh run (a resumed one has step 0 in its history)
-        record(0, float(loss.detach()), h0)
+        record(0, value, h0)
     kept = time.monotonic()
     with Progress(limit - step, "steps", enabled=progress) as bar:
-        while step < limit and (until_loss is None or float(loss.detach()) > until_loss):
+        while step < limit and (until_loss is None or value > until_loss):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
             loss = _loss(net, x, y, kappa)
+            value = float(loss.detach())
             if step % record_every == 0:
-                record(step, float(loss.detach()))
+                record(step, value)
             if path is not None and time.monotonic() - kept >= checkpoint_every:
                 keep(step)
                 kept = time.monotonic()
             if on_step is not None:
-                on_step(step, float(loss.detach()))
+                on_step(step, value)
             bar.advance(1)
     if history.steps[-1] != step:
-        record(step, float(loss.detach()))
+        record(step, value)
     keep(step)
-    if until_loss is not None and float(loss.detach()) > until_loss:
-        raise NotConvergedError(f"loss {float(loss.detach()):.3g} still above until_loss="
+    if until_loss is not None and value > until_loss:
+        raise NotConvergedError(f"loss {value:.3g} still above until_loss="
                                 f"{until_loss:g} after max_steps={max_steps} steps; "
                                 "raise max_steps or lr", history)
     return history
