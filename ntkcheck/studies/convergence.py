@@ -7,8 +7,9 @@
   |f_nn - f_lin| against the net linearized at initialization.
 
 Each configuration (architecture, depth, width, seed[, kappa]) appends tidy rows
-``arch, depth, width, seed, kappa, metric, value`` to ``<study>.csv``, rewritten whole after
-each one, so a re-run with the same folder skips what is done and Ctrl-C leaves a valid file.
+``arch, depth, width, seed, kappa, metric, value`` to ``<study>.csv`` (drift and agreement
+also record the ``steps`` their net took), rewritten whole after each one, so a re-run with
+the same folder skips what is done and Ctrl-C leaves a valid file.
 A net in training keeps a checkpoint in ``checkpoints/`` (every minute, and when it stops
 unconverged), so a re-run continues it mid-way, and a larger ``max_steps`` continues an
 unconverged one from where it stopped.
@@ -265,7 +266,8 @@ def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setti
     shape = tuple(x_test.shape[1:])
     init_net = architecture_.network(width, shape, seed=seed, dtype=x_test.dtype,
                                      device=device)
-    net, x, y, _, f0_train = _fit(arch, depth, width, seed, kappa, setting, device, training)
+    net, x, y, history, f0_train = _fit(arch, depth, width, seed, kappa, setting, device,
+                                        training)
     with torch.no_grad():
         f_nn = kappa * net(x_test)
         f0_test = kappa * init_net(x_test)
@@ -278,7 +280,8 @@ def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setti
     rows = [("nn_vs_ntk", float((f_nn - f_ntk).abs().mean())),
             ("nn_vs_lin", float((f_nn - f_lin).abs().mean())),
             ("acc_nn", float((torch.sign(f_nn) == test_y).double().mean())),
-            ("acc_ntk", float((torch.sign(f_ntk) == test_y).double().mean()))]
+            ("acc_ntk", float((torch.sign(f_ntk) == test_y).double().mean())),
+            ("steps", history.steps[-1])]
     return [_row(arch, depth, width, seed, kappa, m, v) for m, v in rows]
 
 
