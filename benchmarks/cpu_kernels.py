@@ -1,13 +1,17 @@
 """Seconds per pair of the exact kernels on the CPU: FC, CNTK-V (flatten), CNTK-GAP.
 
 32x32x3 inputs (FC on the flattened 3,072 values), depths 3 / 11 / 21, float64 and float32,
-plus one pass that reads out depths 3, 4, 6, 11 and 21 together.  Cross matrices
-(n1 x n2 pairs) of random inputs: the cost does not depend on pixel values.  Each row is
-timed REPEATS times; us_per_pair is the best run, us_per_pair_median the median.
+plus one pass that reads out depths 3, 4, 6, 11 and 21 together; each with the torch
+reference (backend "torch") and with its activations compiled (backend "compiled").
+Cross matrices (n1 x n2 pairs) of random inputs: the cost does not depend on pixel values.
+Each row's first call is timed alone (first_call_seconds: for "compiled" it includes
+compiling, where no earlier row compiled that kind of tile), then REPEATS more, alternating
+with the other backend's; us_per_pair is the best of those, us_per_pair_median the median.
 
     python benchmarks/cpu_kernels.py            -> benchmarks/results/cpu_kernels.json
-    python benchmarks/cpu_kernels.py --gram50   -> benchmarks/results/cpu_gap_gram50.json
-        (a 50 x 50 CNTK-GAP Gram matrix at depth 21, float64: wall time and peak memory)
+    python benchmarks/cpu_kernels.py --gram50 --backend B
+        -> benchmarks/results/cpu_gap_gram50_B.json (a 50 x 50 CNTK-GAP Gram matrix at depth
+        21, float64, with backend B, "torch" or "compiled": wall time and peak memory)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ SIZES = {
 }
 ALL_DEPTHS = (3, 4, 6, 11, 21)
 REPEATS = 3  # best of 3: this 2-core VM's memory-bound throughput varies up to 2x run to run
+BACKENDS = ("torch", "compiled")
 
 
 def machine() -> dict[str, object]:
@@ -65,52 +70,60 @@ def inputs(kernel: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return x.flatten(1) if kernel == "FC" else x
 
 
-def best_and_median(fn, repeats: int = REPEATS) -> tuple[float, float]:
-    """Best and median wall seconds of ``repeats`` calls of fn()."""
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return min(runs), float(np.median(runs))
-
-
-def time_row(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> dict[str, object]:
+def time_rows(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> list[dict]:
+    """A row per backend; the backends' timed calls alternate, so that both see the same
+    state of this VM (its speed drifts up to 2x within minutes)."""
     n1, n2 = SIZES[kernel][depth]
     arch = architecture(kernel, depth)
     x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
-    arch.ntk(x1[:1], x2[:1])  # warm-up
-    seconds, median = best_and_median(lambda: arch.ntk(x1, x2, depths=depths))
-    row = {"kernel": kernel, "image": "32x32x3", "depth": depth,
-           "depths_in_one_pass": list(depths) if depths else [depth],
-           "dtype": str(dtype).removeprefix("torch."), "n1": n1, "n2": n2,
-           "pairs": n1 * n2, "repeats": REPEATS, "seconds_best": round(seconds, 4),
-           "us_per_pair": round(seconds / (n1 * n2) * 1e6, 3),
-           "us_per_pair_median": round(median / (n1 * n2) * 1e6, 3)}
-    print(json.dumps(row), flush=True)
-    return row
+
+    def seconds(backend: str) -> float:
+        start = time.perf_counter()
+        arch.ntk(x1, x2, depths=depths, backend=backend)
+        return time.perf_counter() - start
+
+    first = {backend: seconds(backend) for backend in BACKENDS}
+    runs: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
+    for _ in range(REPEATS):
+        for backend in BACKENDS:
+            runs[backend].append(seconds(backend))
+    rows = []
+    for backend in BACKENDS:
+        best, median = min(runs[backend]), float(np.median(runs[backend]))
+        rows.append({
+            "kernel": kernel, "backend": backend, "image": "32x32x3", "depth": depth,
+            "depths_in_one_pass": list(depths) if depths else [depth],
+            "dtype": str(dtype).removeprefix("torch."), "n1": n1, "n2": n2,
+            "pairs": n1 * n2, "first_call_seconds": round(first[backend], 2),
+            "repeats": REPEATS, "seconds_best": round(best, 4),
+            "us_per_pair": round(best / (n1 * n2) * 1e6, 3),
+            "us_per_pair_median": round(median / (n1 * n2) * 1e6, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def table() -> None:
-    rows = [time_row(kernel, depth, dtype)
-            for dtype in (torch.float64, torch.float32)
-            for kernel in SIZES for depth in (3, 11, 21)]
-    rows += [time_row(kernel, 21, torch.float64, depths=ALL_DEPTHS) for kernel in SIZES]
+    rows = [row for dtype in (torch.float64, torch.float32)
+            for kernel in SIZES for depth in (3, 11, 21)
+            for row in time_rows(kernel, depth, dtype)]
+    rows += [row for kernel in SIZES
+             for row in time_rows(kernel, 21, torch.float64, depths=ALL_DEPTHS)]
     write("cpu_kernels.json", {"benchmark": "cpu_kernels", "machine": machine(),
                                "versions": versions(), "rows": rows})
 
 
-def gram50() -> None:
+def gram50(backend: str) -> None:
     x = inputs("CNTK-GAP", 50, torch.float64, 0)
     arch = architecture("CNTK-GAP", 21)
     start = time.perf_counter()
-    gram = arch.ntk(x, progress=True)
+    gram = arch.ntk(x, progress=True, backend=backend)
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    write("cpu_gap_gram50.json", {
+    write(f"cpu_gap_gram50_{backend}.json", {
         "benchmark": "cpu_gap_gram50", "machine": machine(), "versions": versions(),
-        "kernel": "CNTK-GAP", "fix_first_last": True, "image": "32x32x3", "depth": 21,
-        "dtype": "float64", "n": 50, "pairs": 50 * 51 // 2, "seconds": round(seconds, 1),
+        "kernel": "CNTK-GAP", "backend": backend, "fix_first_last": True, "image": "32x32x3",
+        "depth": 21, "dtype": "float64", "n": 50, "pairs": 50 * 51 // 2,
+        "seconds": round(seconds, 1),
         "s_per_pair": round(seconds / (50 * 51 / 2), 4), "peak_rss_mib": peak_kib // 1024,
         "max_memory_bytes": 2**30, "finite": bool(torch.isfinite(gram).all()),
     })
@@ -125,4 +138,7 @@ def write(name: str, result: dict[str, object]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gram50", action="store_true", help="the 50 x 50 GAP Gram run")
-    gram50() if parser.parse_args().gram50 else table()
+    parser.add_argument("--backend", choices=BACKENDS, default="compiled",
+                        help="the --gram50 run's backend (default: compiled)")
+    args = parser.parse_args()
+    gram50(args.backend) if args.gram50 else table()

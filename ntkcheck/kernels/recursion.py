@@ -67,6 +67,23 @@ def image_stds(rules: Rules, x: torch.Tensor, activations: int) -> list[torch.Te
     return stds
 
 
+def activation(
+    rules: Rules, sigma: torch.Tensor, theta: torch.Tensor, std1: torch.Tensor,
+    std2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K^(h), K-dot^(h) * Theta^(h-1)) of a tile from Sigma^(h-1), Theta^(h-1) and the two
+    sides' stds sqrt(Sigma^(h-1)(x, x)): a layer's elementwise work (``compiled`` fuses it)."""
+    norm = rules.outer(std1, std2)  # sqrt(S_xx) sqrt(S_zz)
+    k, kdot = relu_dual(sigma, norm, rules.scale)
+    return k, kdot.mul_(theta)
+
+
+Activation = Callable[
+    [Rules, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor],
+]
+
+
 def tile_kernels(
     rules: Rules,
     x1: torch.Tensor,
@@ -75,8 +92,10 @@ def tile_kernels(
     stds2: list[torch.Tensor],
     depths: frozenset[int],
     fix_first_last: bool,
+    step: Activation = activation,
 ) -> dict[int, Kernels]:
-    """NTK and NNGP of every depth in ``depths`` for all pairs of one tile, in one pass."""
+    """NTK and NNGP of every depth in ``depths`` for all pairs of one tile, in one pass;
+    ``step`` computes each layer's activation (``activation``, or it compiled)."""
     deepest = max(depths)
     sigma = rules.input_cov(x1, x2)
     theta = torch.zeros_like(sigma) if fix_first_last else sigma
@@ -84,9 +103,7 @@ def tile_kernels(
     if 1 in depths:  # FC depth 1 is the linear model: both kernels are x.x'
         found[1] = Kernels(rules.readout(theta), rules.readout(sigma))
     for h in range(1, deepest):
-        norm = rules.outer(stds1[h - 1], stds2[h - 1])  # sqrt(S_xx) sqrt(S_zz)
-        k, kdot = relu_dual(sigma, norm, rules.scale)
-        propagated = kdot.mul_(theta)  # K-dot^(h) * Theta^(h-1)
+        k, propagated = step(rules, sigma, theta, stds1[h - 1], stds2[h - 1])
         if h + 1 in depths:
             top = propagated if fix_first_last else propagated + k
             found[h + 1] = Kernels(rules.readout(top), rules.readout(k))
@@ -115,10 +132,12 @@ def kernels(
     fix_first_last: bool,
     max_memory: int,
     progress: bool,
+    step: Activation = activation,
 ) -> dict[int, Kernels]:
     """(n1, n2) NTK and NNGP matrices for each depth; ``x2=None`` is the Gram matrix of ``x1``.
 
-    ``max_memory`` bounds the bytes of the recursion's working set (not the output matrices).
+    ``max_memory`` bounds the bytes of the recursion's working set (not the output matrices);
+    ``step`` is each layer's activation (see ``tile_kernels``).
     """
     pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * LIVE_FIELDS
     if pair_bytes > max_memory:
@@ -134,7 +153,7 @@ def kernels(
     def tile(rows: slice, cols: slice) -> dict[int, Kernels]:
         return tile_kernels(
             rules, x1[rows], z[cols], [s[rows] for s in stds1], [s[cols] for s in stds2],
-            depths, fix_first_last,
+            depths, fix_first_last, step,
         )
 
     tile_bytes = max_memory if x1.is_cuda else min(max_memory, CPU_TILE_BYTES)

@@ -19,11 +19,12 @@ pytestmark = [
     nc.CNN(depth=5, pooling="gap", fix_first_last=True),
 ], ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_matches_cpu(arch, dtype):
+@pytest.mark.parametrize("backend", ["auto", "compiled"])
+def test_cuda_matches_cpu(arch, dtype, backend):
     x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
     x = x.flatten(1) if isinstance(arch, nc.FC) else x
-    want = arch.ntk(x, depths=(3, 5))
-    got = arch.ntk(x.to("cuda", dtype), depths=(3, 5))
+    want = arch.ntk(x, depths=(3, 5), backend="torch")
+    got = arch.ntk(x.to("cuda", dtype), depths=(3, 5), backend=backend)
     for d in want:
         assert got[d].device.type == "cuda" and got[d].dtype == dtype
         rel = (got[d].cpu().double() - want[d]).abs().max() / want[d].abs().max()

@@ -30,16 +30,20 @@ def rng():
     return np.random.default_rng(0)
 
 
+BACKENDS = ["torch", "compiled"]  # the reference, and it with each activation compiled
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("depth,fix", [(1, False), (2, False), (3, False), (5, False),
                                        (3, True), (6, True)])
-def test_fc_matches_eq_7_to_9(rng, depth, fix):
+def test_fc_matches_eq_7_to_9(rng, depth, fix, backend):
     x1, x2 = rng.normal(size=(4, 5)), rng.normal(size=(3, 5))
     x1[2] = 0.0  # a zero input: finite kernel row of zeros
     ntk, nngp = literal_matrices(literal.fc_kernels, x1, x2, depth=depth, fix_first_last=fix)
     arch = nc.FC(depth=depth, fix_first_last=fix)
     t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
-    assert_matches(arch.ntk(t1, t2), ntk)
-    assert_matches(arch.nngp(t1, t2), nngp)
+    assert_matches(arch.ntk(t1, t2, backend=backend), ntk)
+    assert_matches(arch.nngp(t1, t2, backend=backend), nngp)
     assert np.all(ntk[2] == 0)
 
 
@@ -57,8 +61,9 @@ CNN_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("depth,pooling,q,fix,shape", CNN_CASES)
-def test_cnn_matches_sec_4_and_h(rng, depth, pooling, q, fix, shape):
+def test_cnn_matches_sec_4_and_h(rng, depth, pooling, q, fix, shape, backend):
     x1, x2 = rng.normal(size=(2, *shape)), rng.normal(size=(2, *shape))
     x2[1, :, :2, :] = 0.0  # zero patches: guarded norms, no NaN
     ntk, nngp = literal_matrices(
@@ -66,16 +71,17 @@ def test_cnn_matches_sec_4_and_h(rng, depth, pooling, q, fix, shape):
     )
     arch = nc.CNN(depth=depth, pooling=pooling, filter_size=q, fix_first_last=fix)
     t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
-    assert_matches(arch.ntk(t1, t2), ntk)
-    assert_matches(arch.nngp(t1, t2), nngp)
+    assert_matches(arch.ntk(t1, t2, backend=backend), ntk)
+    assert_matches(arch.nngp(t1, t2, backend=backend), nngp)
 
 
-def test_cnn_gram_and_zero_image(rng):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cnn_gram_and_zero_image(rng, backend):
     x = rng.normal(size=(3, 2, 3, 3))
     x[1] = 0.0
     ntk, nngp = literal_matrices(literal.cntk_kernels, x, x, depth=3, pooling="gap", q=3)
     arch = nc.CNN(depth=3, pooling="gap")
-    got = arch.ntk(torch.from_numpy(x))
+    got = arch.ntk(torch.from_numpy(x), backend=backend)
     assert_matches(got, ntk)
     assert torch.all(got[1] == 0) and torch.all(got[:, 1] == 0)
 
