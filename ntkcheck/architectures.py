@@ -171,8 +171,9 @@ class _Architecture:
         ``backend``: "auto" runs CNN kernels of CUDA float32 inputs with the fused Triton
         kernel (images up to 64x64; otherwise it warns and uses the reference) and large
         CPU jobs "compiled"; "torch" forces the torch reference; "compiled" is the reference
-        with each layer's activation compiled by torch.compile (the same code, fused: about 2x
-        faster for GAP on the CPU, less for flatten and FC; ``kernels.compiled``); "triton" insists on the fused kernel.
+        with each layer's activation compiled by torch.compile (the same code, fused: about
+        2x faster for GAP on the CPU, less for flatten and FC; ``kernels.compiled``);
+        "triton" insists on the fused kernel.
         Output dtype and device follow the input.
         """
         return self._kernel("ntk", x1, x2, depths, max_memory, progress, backend)
