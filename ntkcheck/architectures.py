@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar, Literal, overload
 
@@ -103,15 +104,16 @@ class _Architecture:
         if self._use_fused(x1, backend):
             return self._fused(x1, x2, depths, max_memory, progress)
         rules = self._rules()
-        step: Activation = activation
+        steps: AbstractContextManager[Activation] = nullcontext(activation)
         if backend == "compiled" or (backend == "auto"
                                      and compiled.worth_compiling(rules, x1, x2, depths)):
-            step = compiled.compiled_activation(insist=backend == "compiled")
-        return kernels(
-            rules, x1, x2, depths,
-            fix_first_last=self.fix_first_last, max_memory=max_memory, progress=progress,
-            step=step,
-        )
+            steps = compiled.compiled_activation(insist=backend == "compiled")
+        with steps as step:
+            return kernels(
+                rules, x1, x2, depths,
+                fix_first_last=self.fix_first_last, max_memory=max_memory,
+                progress=progress, step=step,
+            )
 
     def _use_fused(self, x: torch.Tensor, backend: Backend) -> bool:
         """"auto" takes the fused kernel for the CUDA float32 CNN inputs it supports and

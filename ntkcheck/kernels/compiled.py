@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -79,29 +80,34 @@ def _compile_failed(error: Exception, insist: bool) -> None:
                   "uncompiled torch reference", stacklevel=3)
 
 
-def compiled_activation(insist: bool) -> Activation:
-    """``activation`` compiled by torch.compile.  If compiling fails: with ``insist`` a
-    RuntimeError that says why, else one warning and the uncompiled ``activation``."""
+@contextlib.contextmanager
+def compiled_activation(insist: bool) -> Iterator[Activation]:
+    """``activation`` compiled by torch.compile, for the kernel computation inside the
+    ``with`` (torch's recompile limit is raised once around all of it, not per tile).  If
+    compiling fails: with ``insist`` a RuntimeError that says why, else one warning and the
+    uncompiled ``activation``."""
+    compiled: Activation | None = None
+    room: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if COMPILE_FAILURE is None:
+        try:
+            compiled, room = _compiled(), _enough_recompiles()
+        except Exception as error:  # torch.compile does not run here (e.g. this Python)
+            _compile_failed(error, insist)
+    elif insist:
+        raise _failed()
 
     def step(rules: Rules, sigma: torch.Tensor, theta: torch.Tensor, std1: torch.Tensor,
              std2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if COMPILE_FAILURE is None:
+        if compiled is not None and COMPILE_FAILURE is None:
             try:
-                compiled = _compiled()
-            except Exception as error:  # torch.compile does not run here (e.g. this Python)
-                _compile_failed(error, insist)
-            else:
-                try:
-                    with _enough_recompiles():
-                        return compiled(rules, sigma, theta, std1, std2)
-                except Exception as error:
-                    from torch._dynamo.exc import TorchDynamoException  # loaded by now
+                return compiled(rules, sigma, theta, std1, std2)
+            except Exception as error:
+                from torch._dynamo.exc import TorchDynamoException  # loaded by now
 
-                    if not isinstance(error, TorchDynamoException):  # not compiling's fault
-                        raise
-                    _compile_failed(error, insist)
-        elif insist:
-            raise _failed()
+                if not isinstance(error, TorchDynamoException):  # not compiling's fault
+                    raise
+                _compile_failed(error, insist)
         return activation(rules, sigma, theta, std1, std2)
 
-    return step
+    with room:
+        yield step
