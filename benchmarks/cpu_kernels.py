@@ -70,6 +70,16 @@ def inputs(kernel: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return x.flatten(1) if kernel == "FC" else x
 
 
+def best_and_median(fn, repeats: int = REPEATS) -> tuple[float, float]:
+    """Best and median wall seconds of ``repeats`` calls of fn()."""
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return min(runs), float(np.median(runs))
+
+
 def time_rows(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> list[dict]:
     """A row per backend; the backends' timed calls alternate, so that both see the same
     state of this VM (its speed drifts up to 2x within minutes)."""
