@@ -95,13 +95,18 @@ class _Architecture:
         max_memory: int = DEFAULT_MAX_MEMORY,
         progress: bool = False,
         backend: Backend = "auto",
+        by_layer: bool = False,
     ) -> dict[int, Kernels]:
         """NTK and NNGP of each depth in ``depths`` for checked inputs (see ``ntk``)."""
         check_int("max_memory", max_memory, 1, " bytes")
         check_bool("progress", progress)
+        check_bool("by_layer", by_layer)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-        if self._use_fused(x1, backend):
+        if by_layer and backend == "triton":
+            raise ValueError("backend='triton' cannot split the NTK by layer (the fused kernel "
+                             "carries only the sum); use backend='torch' or 'compiled'")
+        if not by_layer and self._use_fused(x1, backend):
             return self._fused(x1, x2, depths, max_memory, progress)
         rules = self._rules()
         steps: AbstractContextManager[Activation] = nullcontext(activation)
@@ -112,7 +117,7 @@ class _Architecture:
             return kernels(
                 rules, x1, x2, depths,
                 fix_first_last=self.fix_first_last, max_memory=max_memory,
-                progress=progress, step=step,
+                progress=progress, step=step, by_layer=by_layer,
             )
 
     def _use_fused(self, x: torch.Tensor, backend: Backend) -> bool:
@@ -141,28 +146,29 @@ class _Architecture:
         max_memory: int,
         progress: bool,
         backend: Backend,
+        by_layer: bool = False,
     ) -> torch.Tensor | dict[int, torch.Tensor]:
         x1, x2 = check_inputs(x1, x2, self._rank, self._layout)
         chosen = check_depths(
             self.depth if depths is None else depths, self.min_depth, self.depth
         )
         found = self._kernels(x1, x2, chosen, max_memory=max_memory, progress=progress,
-                              backend=backend)
+                              backend=backend, by_layer=by_layer)
         if depths is None:
             return getattr(found[self.depth], which)
         return {d: getattr(pair, which) for d, pair in found.items()}
 
     @overload
     def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,
-            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
-            ) -> torch.Tensor: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...,
+            by_layer: bool = ...) -> torch.Tensor: ...
     @overload
     def ntk(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: Iterable[int],
-            max_memory: int = ..., progress: bool = ..., backend: Backend = ...
-            ) -> dict[int, torch.Tensor]: ...
+            max_memory: int = ..., progress: bool = ..., backend: Backend = ...,
+            by_layer: bool = ...) -> dict[int, torch.Tensor]: ...
 
     def ntk(self, x1, x2=None, *, depths=None, max_memory=DEFAULT_MAX_MEMORY, progress=False,
-            backend="auto"):
+            backend="auto", by_layer=False):
         """Exact NTK Theta(x1, x2): an (n1, n2) tensor; ``x2=None`` means ``x1`` (Gram).
 
         With ``depths`` (e.g. ``(3, 4, 6, 11, 21)``, each <= ``self.depth``) returns
@@ -176,9 +182,16 @@ class _Architecture:
         with each layer's activation compiled by torch.compile (the same code, fused: about
         2x faster for GAP on the CPU, less for flatten and FC; ``kernels.compiled``);
         "triton" insists on the fused kernel.
+        ``by_layer=True`` splits the NTK into its weight layers' terms, whose sum it is
+        (Eq. 9): a (depth, n1, n2) tensor (per requested depth d, (d, n1, n2)) whose row
+        h - 1 is layer h's gradient contribution, Sigma^(h-1) carried through the K-dots
+        (and patch sums) of the layers above it, zero for a layer that does not train.  It
+        is what ``empirical_ntk(net, ..., by_layer=True)`` estimates at finite width.  It
+        runs the torch reference ("compiled" too, not the fused kernel) and each pair
+        carries up to 2 x depth more fields, which ``max_memory`` accounts for.
         Output dtype and device follow the input.
         """
-        return self._kernel("ntk", x1, x2, depths, max_memory, progress, backend)
+        return self._kernel("ntk", x1, x2, depths, max_memory, progress, backend, by_layer)
 
     @overload
     def nngp(self, x1: torch.Tensor, x2: torch.Tensor | None = None, *, depths: None = None,

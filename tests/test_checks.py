@@ -51,6 +51,9 @@ def test_bad_architecture(make, error, words):
     (lambda: nc.CNN(depth=4).ntk(X, max_memory=0), ValueError, "max_memory must be >= 1"),
     (lambda: nc.CNN(depth=4, pooling="gap").ntk(X, max_memory=1000), ValueError,
      "max_memory=1000 bytes is below"),
+    (lambda: nc.CNN(depth=4).ntk(X, by_layer="yes"), TypeError, "by_layer must be True or False"),
+    (lambda: nc.CNN(depth=4).ntk(X, by_layer=True, backend="triton"), ValueError,
+     "backend='triton' cannot split the NTK by layer"),
 ])
 def test_bad_call(call, error, words):
     with pytest.raises(error, match=words):
@@ -75,3 +78,4 @@ def test_empty_batches_give_empty_matrices():
     assert nc.CNN(depth=3).ntk(none, X).shape == (0, 2)
     assert nc.CNN(depth=3, pooling="gap").nngp(X, none).shape == (2, 0)
     assert nc.FC(depth=2).ntk(torch.zeros(0, 5)).shape == (0, 0)
+    assert nc.CNN(depth=3).ntk(none, X, by_layer=True).shape == (3, 0, 2)

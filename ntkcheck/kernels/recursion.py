@@ -9,6 +9,9 @@ fixed), each activation h = 1, 2, ... gives (K, K-dot) from Sigma^(h-1) (the ReL
 
 which is Eq. (9) unrolled for FC and steps 1-4 of the CNTK recursion (Sec. 4) for CNN.  So
 one pass up to the deepest requested depth gives the kernels of every shallower depth.
+Split by layer, Theta carries one field per weight layer below instead of their sum (Eq. 9's
+terms: layer h's is Sigma^(h-1) carried through the K-dots above it), and each layer's K
+becomes a new row instead of being added.
 
 Sigma^(h)(x, x) at the same position depends on x alone, so it is computed once per input,
 not once per pair.  Pairs are processed in tiles whose working set stays under a byte
@@ -72,16 +75,22 @@ def activation(
     std2: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(K^(h), K-dot^(h) * Theta^(h-1)) of a tile from Sigma^(h-1), Theta^(h-1) and the two
-    sides' stds sqrt(Sigma^(h-1)(x, x)): a layer's elementwise work (``compiled`` fuses it)."""
+    sides' stds sqrt(Sigma^(h-1)(x, x)): a layer's elementwise work (``compiled`` fuses it).
+    Split by layer, ``theta`` has a leading dim of one field per layer below."""
     norm = rules.outer(std1, std2)  # sqrt(S_xx) sqrt(S_zz)
     k, kdot = relu_dual(sigma, norm, rules.scale)
-    return k, kdot.mul_(theta)
+    return k, kdot.mul_(theta) if theta.dim() == kdot.dim() else theta * kdot
 
 
 Activation = Callable[
     [Rules, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     tuple[torch.Tensor, torch.Tensor],
 ]
+
+
+def _add_layer(theta: torch.Tensor, term: torch.Tensor, by_layer: bool) -> torch.Tensor:
+    """Theta with one more weight layer's term: summed in, or stacked as its own row."""
+    return torch.cat([theta, term[None]]) if by_layer else theta + term
 
 
 def tile_kernels(
@@ -93,23 +102,29 @@ def tile_kernels(
     depths: frozenset[int],
     fix_first_last: bool,
     step: Activation = activation,
+    by_layer: bool = False,
 ) -> dict[int, Kernels]:
     """NTK and NNGP of every depth in ``depths`` for all pairs of one tile, in one pass;
-    ``step`` computes each layer's activation (``activation``, or it compiled)."""
+    ``step`` computes each layer's activation (``activation``, or it compiled).  With
+    ``by_layer`` each depth d's NTK is (d, b1, b2), row h - 1 the term of weight layer h
+    (zero for a fixed layer); the rows sum to the NTK."""
     deepest = max(depths)
     sigma = rules.input_cov(x1, x2)
     theta = torch.zeros_like(sigma) if fix_first_last else sigma
+    if by_layer:
+        theta = theta[None]
     found = {}
     if 1 in depths:  # FC depth 1 is the linear model: both kernels are x.x'
         found[1] = Kernels(rules.readout(theta), rules.readout(sigma))
     for h in range(1, deepest):
         k, propagated = step(rules, sigma, theta, stds1[h - 1], stds2[h - 1])
-        if h + 1 in depths:
-            top = propagated if fix_first_last else propagated + k
-            found[h + 1] = Kernels(rules.readout(top), rules.readout(k))
+        if h + 1 in depths:  # the readout is linear: NTK = readout(propagated) + readout(K)
+            nngp = rules.readout(k)
+            last = torch.zeros_like(nngp) if fix_first_last else nngp
+            found[h + 1] = Kernels(_add_layer(rules.readout(propagated), last, by_layer), nngp)
         if h + 1 < deepest:
             sigma = rules.pair_layer(k)
-            theta = rules.pair_layer(propagated + k)  # not in place: readouts may alias it
+            theta = rules.pair_layer(_add_layer(propagated, k, by_layer))
     return found
 
 
@@ -133,13 +148,17 @@ def kernels(
     max_memory: int,
     progress: bool,
     step: Activation = activation,
+    by_layer: bool = False,
 ) -> dict[int, Kernels]:
     """(n1, n2) NTK and NNGP matrices for each depth; ``x2=None`` is the Gram matrix of ``x1``.
 
     ``max_memory`` bounds the bytes of the recursion's working set (not the output matrices);
-    ``step`` is each layer's activation (see ``tile_kernels``).
+    ``step`` is each layer's activation and ``by_layer`` splits each depth d's NTK into its
+    (d, n1, n2) layer terms (see ``tile_kernels``).
     """
-    pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * LIVE_FIELDS
+    # split by layer, Theta holds up to one field per layer, twice while a layer rule runs
+    fields = LIVE_FIELDS + (2 * max(depths) if by_layer else 0)
+    pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * fields
     if pair_bytes > max_memory:
         raise ValueError(
             f"max_memory={max_memory} bytes is below the {pair_bytes} bytes that one pair of "
@@ -153,11 +172,11 @@ def kernels(
     def tile(rows: slice, cols: slice) -> dict[int, Kernels]:
         return tile_kernels(
             rules, x1[rows], z[cols], [s[rows] for s in stds1], [s[cols] for s in stds2],
-            depths, fix_first_last, step,
+            depths, fix_first_last, step, by_layer,
         )
 
     tile_bytes = max_memory if x1.is_cuda else min(max_memory, CPU_TILE_BYTES)
-    return tiled(x1, x2, depths, tile_bytes // pair_bytes, tile, progress)
+    return tiled(x1, x2, depths, tile_bytes // pair_bytes, tile, progress, by_layer)
 
 
 TileFn = Callable[[slice, slice], dict[int, Kernels]]
@@ -179,15 +198,18 @@ def tiled(
     pairs: int,
     tile: TileFn,
     progress: bool,
+    by_layer: bool = False,
 ) -> dict[int, Kernels]:
     """Assemble (n1, n2) matrices from tiles of at most ``pairs`` pairs; a Gram matrix
-    (``x2=None``) computes only its upper-triangle tiles and mirrors them."""
+    (``x2=None``) computes only its upper-triangle tiles and mirrors them.  ``by_layer``:
+    each depth d's NTK is (d, n1, n2)."""
     symmetric = x2 is None
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     b1, b2 = _tile_sides(n1, n2, pairs, symmetric)
     out = {
-        d: Kernels(x1.new_zeros(n1, n2), x1.new_zeros(n1, n2)) for d in sorted(depths)
+        d: Kernels(x1.new_zeros(*((d,) if by_layer else ()), n1, n2), x1.new_zeros(n1, n2))
+        for d in sorted(depths)
     }
     total = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
     with Progress(total, "kernel pairs", enabled=progress) as bar:
@@ -195,9 +217,9 @@ def tiled(
             for c in range(r if symmetric else 0, n2, b2):
                 rows, cols = slice(r, r + b1), slice(c, c + b2)
                 for d, pair in tile(rows, cols).items():
-                    out[d].ntk[rows, cols] = pair.ntk
+                    out[d].ntk[..., rows, cols] = pair.ntk
                     out[d].nngp[rows, cols] = pair.nngp
                 bar.advance(tile_pairs(n1, n2, r, c, b1, b2, symmetric))
     if symmetric:  # mirror the upper triangle: exactly symmetric, lower tiles never computed
-        out = {d: Kernels(*(k.triu() + k.triu(1).T for k in pair)) for d, pair in out.items()}
+        out = {d: Kernels(*(k.triu() + k.triu(1).mT for k in pair)) for d, pair in out.items()}
     return out

@@ -4,7 +4,8 @@ Written from the paper's text, not from the package: scalar Gaussian expectation
 as its sum over layers of products (the package runs a recursion instead), and the CNTK
 with full P x Q x P x Q arrays and the trace over D_{ij,i'j'} spelled out with loops.
 A layer's term in that sum is its weights' gradient contribution, so fixing the first and
-last layer (the paper's GAP setting) drops exactly the terms h = 1 and h = L + 1.
+last layer (the paper's GAP setting) drops exactly the terms h = 1 and h = L + 1.  Both
+functions return the NTK as that list of terms, h = 1 .. L + 1 (a fixed layer's is 0).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def relu_expectations(l11: float, l12: float, l22: float) -> tuple[float, float]
 
 
 def fc_kernels(x: np.ndarray, z: np.ndarray, depth: int, fix_first_last: bool = False):
-    """(NTK, NNGP) of Eq. (7)-(9) for one pair, L = depth - 1 hidden layers."""
+    """(NTK terms, NNGP) of Eq. (7)-(9) for one pair, L = depth - 1 hidden layers."""
     L = depth - 1
     sigma = {("x", "x"): x @ x, ("x", "z"): x @ z, ("z", "z"): z @ z}
     sigmas, dots = [sigma[("x", "z")]], [None]  # Sigma^(h)(x,z), Sigma-dot^(h)(x,z)
@@ -47,8 +48,9 @@ def fc_kernels(x: np.ndarray, z: np.ndarray, depth: int, fix_first_last: bool = 
         sigmas.append(sigma[("x", "z")])
     dots.append(1.0)  # Sigma-dot^(L+1) = 1
     trained = range(2, L + 1) if fix_first_last else range(1, L + 2)
-    ntk = sum(sigmas[h - 1] * math.prod(dots[h:L + 2]) for h in trained)
-    return ntk, sigmas[L]
+    terms = [sigmas[h - 1] * math.prod(dots[h:L + 2]) if h in trained else 0.0
+             for h in range(1, L + 2)]
+    return terms, sigmas[L]
 
 
 def _trace_patches(t: np.ndarray, q: int) -> np.ndarray:
@@ -67,7 +69,8 @@ def cntk_kernels(
     x: np.ndarray, z: np.ndarray, depth: int, pooling: str, q: int,
     fix_first_last: bool = False,
 ):
-    """(CNTK, NNGP) of Sec. 4 (flatten) and Sec. H (GAP) for images x, z of shape (C, P, Q)."""
+    """(CNTK terms, NNGP) of Sec. 4 (flatten) and Sec. H (GAP) for images x, z of shape
+    (C, P, Q)."""
     L = depth - 1
     P, Q = x.shape[1], x.shape[2]
     images = {"x": x, "z": z}
@@ -113,4 +116,4 @@ def cntk_kernels(
         return readout(t)
 
     trained = range(2, L + 1) if fix_first_last else range(1, L + 2)
-    return sum(contribution(h) for h in trained), readout(ks[L])
+    return [contribution(h) if h in trained else 0.0 for h in range(1, L + 2)], readout(ks[L])

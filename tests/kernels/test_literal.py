@@ -19,10 +19,10 @@ def assert_matches(got: torch.Tensor, want: np.ndarray) -> None:
 
 
 def literal_matrices(fn, x1: np.ndarray, x2: np.ndarray, **kw):
+    """(NTK, NNGP, NTK by layer): (n1, n2), (n1, n2) and (depth, n1, n2) arrays."""
     pairs = [[fn(a, b, **kw) for b in x2] for a in x1]
-    return np.array([[p[0] for p in row] for row in pairs]), np.array(
-        [[p[1] for p in row] for row in pairs]
-    )
+    terms = np.array([[p[0] for p in row] for row in pairs]).transpose(2, 0, 1)
+    return terms.sum(0), np.array([[p[1] for p in row] for row in pairs]), terms
 
 
 @pytest.fixture
@@ -39,11 +39,13 @@ BACKENDS = ["torch", "compiled"]  # the reference, and it with each activation c
 def test_fc_matches_eq_7_to_9(rng, depth, fix, backend):
     x1, x2 = rng.normal(size=(4, 5)), rng.normal(size=(3, 5))
     x1[2] = 0.0  # a zero input: finite kernel row of zeros
-    ntk, nngp = literal_matrices(literal.fc_kernels, x1, x2, depth=depth, fix_first_last=fix)
+    ntk, nngp, terms = literal_matrices(literal.fc_kernels, x1, x2, depth=depth,
+                                        fix_first_last=fix)
     arch = nc.FC(depth=depth, fix_first_last=fix)
     t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
     assert_matches(arch.ntk(t1, t2, backend=backend), ntk)
     assert_matches(arch.nngp(t1, t2, backend=backend), nngp)
+    assert_matches(arch.ntk(t1, t2, backend=backend, by_layer=True), terms)
     assert np.all(ntk[2] == 0)
 
 
@@ -66,24 +68,26 @@ CNN_CASES = [
 def test_cnn_matches_sec_4_and_h(rng, depth, pooling, q, fix, shape, backend):
     x1, x2 = rng.normal(size=(2, *shape)), rng.normal(size=(2, *shape))
     x2[1, :, :2, :] = 0.0  # zero patches: guarded norms, no NaN
-    ntk, nngp = literal_matrices(
+    ntk, nngp, terms = literal_matrices(
         literal.cntk_kernels, x1, x2, depth=depth, pooling=pooling, q=q, fix_first_last=fix
     )
     arch = nc.CNN(depth=depth, pooling=pooling, filter_size=q, fix_first_last=fix)
     t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
     assert_matches(arch.ntk(t1, t2, backend=backend), ntk)
     assert_matches(arch.nngp(t1, t2, backend=backend), nngp)
+    assert_matches(arch.ntk(t1, t2, backend=backend, by_layer=True), terms)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cnn_gram_and_zero_image(rng, backend):
     x = rng.normal(size=(3, 2, 3, 3))
     x[1] = 0.0
-    ntk, nngp = literal_matrices(literal.cntk_kernels, x, x, depth=3, pooling="gap", q=3)
+    ntk, nngp, terms = literal_matrices(literal.cntk_kernels, x, x, depth=3, pooling="gap", q=3)
     arch = nc.CNN(depth=3, pooling="gap")
     got = arch.ntk(torch.from_numpy(x), backend=backend)
     assert_matches(got, ntk)
     assert torch.all(got[1] == 0) and torch.all(got[:, 1] == 0)
+    assert_matches(arch.ntk(torch.from_numpy(x), backend=backend, by_layer=True), terms)
 
 
 ONE_GAP_PAIR = 16**2 * 8 * 10  # (4x4)^2 float64 entries x 10 live fields
@@ -102,6 +106,18 @@ def test_tiles_under_a_tiny_memory_bound_give_the_same_matrices(rng, pooling):
             torch.testing.assert_close(tiled[d], whole[d], rtol=1e-13, atol=0)
     gram = arch.ntk(x1, max_memory=ONE_GAP_PAIR)
     assert torch.equal(gram, gram.T)
+    if pooling == "gap":  # by layer, a pair carries 2 x depth more fields: 18 at depth 4
+        with pytest.raises(ValueError, match="max_memory=.* is below"):
+            arch.ntk(x1, by_layer=True, max_memory=ONE_GAP_PAIR)
+    one_pair = ONE_GAP_PAIR * 18 // 10
+    for a, b in ((x1, None), (x1, x2)):
+        whole = arch.ntk(a, b, depths=(2, 4), by_layer=True)
+        tiled = arch.ntk(a, b, depths=(2, 4), by_layer=True, max_memory=one_pair)
+        for d in whole:
+            assert tiled[d].shape == (d, len(a), len(a if b is None else b))
+            torch.testing.assert_close(tiled[d], whole[d], rtol=1e-13, atol=0)
+    gram = arch.ntk(x1, by_layer=True, max_memory=one_pair)
+    assert torch.equal(gram, gram.mT)
 
 
 def test_float32_error_against_float64(rng):
