@@ -13,7 +13,9 @@ trainable parameters theta, computed three exact ways (and "auto" to pick one).
 
 With k outputs H is (n1, n2, k, k) under ``full_outputs=True``; otherwise the mean of its k
 diagonal blocks, (n1, n2), which is what the analytic NTK describes (Theta x I_k in the limit).
-Samples go in chunks sized by ``max_memory``.
+``by_layer=True`` keeps each layer's parameters' sum apart (a leading dim of one term per
+module that owns parameters: the weight layers of ntkcheck's nets), as ``ntk(...,
+by_layer=True)`` splits the analytic NTK.  Samples go in chunks sized by ``max_memory``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from ._checks import check_bool
 from .architectures import DEFAULT_MAX_MEMORY
 from .nets.layers import WEIGHT_LAYERS, Conv, Dense
 from .nets.network import Network
@@ -38,6 +41,10 @@ IMPLEMENTATIONS = ("auto", "jacobian", "ntk-vp", "structured")
 log = logging.getLogger(__name__)
 
 Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(b1, b2) samples -> (groups, b1, b2, k, k): each parameter group's sum of J1 J2^T."""
+
+Groups = list[list[str]]
+"""Names of the trainable parameters whose terms are summed together, per group."""
 
 
 def _trainable(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -46,6 +53,17 @@ def _trainable(net: nn.Module) -> dict[str, torch.Tensor]:
         raise ValueError("net has no trainable parameters (every parameter has "
                          "requires_grad=False), so its empirical NTK is zero")
     return params
+
+
+def _layers(net: nn.Module, params: dict[str, torch.Tensor]) -> Groups:
+    """The trainable parameters of each module that owns parameters, in the net's order: a
+    frozen layer (e.g. under ``fix_first_last``) is an empty group, whose term is zero."""
+    groups = []
+    for prefix, module in net.named_modules():
+        own = [name for name, _ in module.named_parameters(prefix, recurse=False)]
+        if own:
+            groups.append([name for name in own if name in params])
+    return groups
 
 
 def _check_inputs(
@@ -144,25 +162,28 @@ def _choose(net: nn.Module, n1: int, n2: int, k: int, prof: _Profile
     return min(costs, key=costs.__getitem__), costs
 
 
-def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
+def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> Block:
     f = _flat_outputs(net, params)
 
     def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return f(p, x[None])[0]
 
-    def jacobian(x: torch.Tensor) -> torch.Tensor:
+    def jacobians(x: torch.Tensor) -> list[torch.Tensor]:
         jac = vmap(jacrev(one), in_dims=(None, 0))(params, x)
-        return torch.cat([j.reshape(len(x), j.shape[1], -1) for j in jac.values()], -1)
+        return [torch.cat([jac[n].reshape(len(x), jac[n].shape[1], -1) for n in names], -1)
+                if names else x.new_zeros(len(x), 1, 1) for names in groups]
 
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        j1 = jacobian(x1)
-        j2 = j1 if x2 is x1 else jacobian(x2)
-        return torch.einsum("ikp,jlp->ijkl", j1, j2)
+        j1 = jacobians(x1)
+        j2 = j1 if x2 is x1 else jacobians(x2)
+        k = max(j.shape[1] for j in j1)  # a frozen group's zero Jacobian broadcasts
+        return torch.stack([torch.einsum("ikp,jlp->ijkl", a, b).expand(-1, -1, k, k)
+                            for a, b in zip(j1, j2, strict=True)])
 
     return block
 
 
-def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
+def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> Block:
     f = _flat_outputs(net, params)
 
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -172,16 +193,26 @@ def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor]) -> Block:
         basis = torch.eye(b2 * k, dtype=out.dtype, device=out.device).reshape(b2 * k, b2, k)
         (directions,) = vmap(pull)(basis)  # J2^T e for every output e of x2
 
-        def push(t: dict[str, torch.Tensor]) -> torch.Tensor:
-            return jvp(lambda p: f(p, x1), (params,), (t,))[1]
+        def term(names: list[str]) -> torch.Tensor:
+            """J1 J2^T restricted to the parameters ``names``: jvps along their part of
+            each direction, the others held at their values."""
+            if not names:
+                return x1.new_zeros(len(x1), b2, k, k)
+            held = {n: p for n, p in params.items() if n not in names}
 
-        columns = vmap(push)(directions)  # (b2 k, b1, k): J1 J2^T e
-        return columns.reshape(b2, k, len(x1), k).permute(2, 0, 3, 1)
+            def push(t: dict[str, torch.Tensor]) -> torch.Tensor:
+                return jvp(lambda p: f({**held, **p}, x1), ({n: params[n] for n in names},),
+                           (t,))[1]
+
+            columns = vmap(push)({n: directions[n] for n in names})  # (b2 k, b1, k)
+            return columns.reshape(b2, k, len(x1), k).permute(2, 0, 3, 1)
+
+        return torch.stack([term(names) for names in groups])
 
     return block
 
 
-def _structured_block(net: Network) -> Block:
+def _structured_block(net: Network, by_layer: bool) -> Block:
     layers = _structured_layers(net)
 
     def inputs_and_deltas(x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -207,8 +238,11 @@ def _structured_block(net: Network) -> Block:
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         a1, d1 = inputs_and_deltas(x1)
         a2, d2 = (a1, d1) if x2 is x1 else inputs_and_deltas(x2)
-        terms = (m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers))
-        return functools.reduce(torch.add, terms)
+        terms = {m: m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers)}
+        if not by_layer:
+            return functools.reduce(torch.add, terms.values())[None]
+        zero = torch.zeros_like(next(iter(terms.values())))  # a frozen layer's term
+        return torch.stack([terms.get(m, zero) for m in net.weight_layers()])
 
     return block
 
@@ -243,6 +277,7 @@ def empirical_ntk(
     *,
     implementation: Implementation = "auto",
     full_outputs: bool = False,
+    by_layer: bool = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> torch.Tensor:
     """The empirical NTK H(x1_i, x2_j) = sum over trainable parameters of
@@ -253,7 +288,11 @@ def empirical_ntk(
     ``full_outputs=True``; without it a k-output net gives the mean of the diagonal output
     blocks.  ``implementation``: see the module docstring; "jacobian" and "ntk-vp" take any
     ``torch.nn.Module`` mapping (n, ...) to (n,) or (n, k), "structured" only ntkcheck's
-    nets.  ``max_memory`` (bytes) sizes the sample chunks.
+    nets.  ``by_layer=True`` adds a leading dim with one term per module that owns
+    parameters, in the net's order, the rows summing to the whole: for ntkcheck's nets
+    (depth, ...), row h - 1 the sum over weight layer h's parameters, zero for a frozen
+    layer; its limit is ``arch.ntk(..., by_layer=True)``.  ``max_memory`` (bytes) sizes the
+    sample chunks.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; "
@@ -261,6 +300,8 @@ def empirical_ntk(
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
     params = _trainable(net)
+    check_bool("by_layer", by_layer)
+    groups = _layers(net, params) if by_layer else [list(params)]
     x1, x2 = _check_inputs(net, x1, x2)
     k = _outputs(net, x1)
     if full_outputs and k == 1:
@@ -272,16 +313,18 @@ def empirical_ntk(
     if name == "auto":
         name, costs = _choose(net, len(x1), len(z), k, profile)
         log.debug("empirical_ntk: %s (estimated flops %s)", name, costs)
-    block = {"jacobian": lambda: _jacobian_block(net, params),
-             "ntk-vp": lambda: _ntk_vp_block(net, params),
-             "structured": lambda: _structured_block(net)}[name]()  # type: ignore[arg-type]
+    block = {"jacobian": lambda: _jacobian_block(net, params, groups),
+             "ntk-vp": lambda: _ntk_vp_block(net, params, groups),
+             "structured": lambda: _structured_block(net, by_layer)  # type: ignore[arg-type]
+             }[name]()
     size = _chunk(name, profile, k, x1.element_size(), max_memory)
-    out = x1.new_zeros(len(x1), len(z), k, k)
+    out = x1.new_zeros(len(groups), len(x1), len(z), k, k)
     for r in range(0, len(x1), size):
         for c in range(r if x2 is None else 0, len(z), size):
             rows, cols = slice(r, r + size), slice(c, c + size)
             a = x1[rows]
-            out[rows, cols] = block(a, a if x2 is None and r == c else z[cols]).detach()
+            out[:, rows, cols] = block(a, a if x2 is None and r == c else z[cols]).detach()
             if x2 is None and r != c:
-                out[cols, rows] = out[rows, cols].transpose(0, 1).transpose(2, 3)
-    return out if full_outputs else out.diagonal(dim1=2, dim2=3).mean(-1)
+                out[:, cols, rows] = out[:, rows, cols].transpose(1, 2).transpose(3, 4)
+    out = out if by_layer else out[0]
+    return out if full_outputs else out.diagonal(dim1=-2, dim2=-1).mean(-1)

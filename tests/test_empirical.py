@@ -13,9 +13,11 @@ from ntkcheck.nets import Conv
 IMPLEMENTATIONS = ["jacobian", "ntk-vp", "structured", "auto"]
 
 
-def brute_force(net, x1, x2):
-    """(n1, n2, k, k): one autograd.grad per sample and output, stacked, G1 G2^T."""
-    params = [p for p in net.parameters() if p.requires_grad]
+def brute_force(net, x1, x2, params=None):
+    """(n1, n2, k, k): one autograd.grad per sample and output, stacked, G1 G2^T (over the
+    trainable ``params``, by default all of them)."""
+    if params is None:
+        params = [p for p in net.parameters() if p.requires_grad]
 
     def gradients(x):
         out = net(x).reshape(len(x), -1)
@@ -62,6 +64,38 @@ def test_every_implementation_equals_brute_force(arch, shape, outputs, implement
             close(got, expected.diagonal(dim1=2, dim2=3).mean(-1))
 
 
+def brute_force_by_layer(net, layers, x1, x2):
+    """(layers, n1, n2, k, k): brute_force over each module's trainable parameters alone."""
+    terms = []
+    for module in layers:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            terms.append(brute_force(net, x1, x2, params))
+        else:  # a frozen layer contributes nothing
+            terms.append(torch.zeros_like(terms[-1] if terms else brute_force(net, x1, x2)))
+    return torch.stack(terms)
+
+
+@pytest.mark.parametrize("arch,shape", ARCHS, ids=repr)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_by_layer_equals_brute_force_over_each_layer(arch, shape, implementation):
+    """by_layer: (depth, ...), row h - 1 the sum over weight layer h's parameters."""
+    net = arch.network(5, shape, seed=3, dtype=torch.float64, outputs=2)
+    g = torch.Generator().manual_seed(4)
+    x1 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    for other in (x2, None):
+        expected = brute_force_by_layer(net, net.weight_layers(), x1,
+                                        x1 if other is None else other)
+        assert expected.shape[0] == arch.depth
+        for budget in (2**30, 1):
+            got = nc.empirical_ntk(net, x1, other, implementation=implementation,
+                                   full_outputs=True, by_layer=True, max_memory=budget)
+            close(got, expected)
+        got = nc.empirical_ntk(net, x1, other, implementation=implementation, by_layer=True)
+        close(got, expected.diagonal(dim1=3, dim2=4).mean(-1))
+
+
 @pytest.mark.parametrize("form", [0, 1], ids=["gradient", "patch-correlation"])
 def test_both_convolution_forms_are_exact(monkeypatch, form):
     monkeypatch.setattr(Conv, "_forms", lambda self, *a: (form, 1 - form))
@@ -82,6 +116,11 @@ def test_any_module_works_with_jacobian_and_ntk_vp():
               brute_force(net, x1, x2))
     with pytest.raises(ValueError, match="structured.*needs a net built by ntkcheck"):
         nc.empirical_ntk(net, x1, implementation="structured")
+    # by layer: one row per module that owns parameters, its weight and bias together
+    layers = [net[0], net[2]]
+    for implementation in ("jacobian", "ntk-vp"):
+        close(nc.empirical_ntk(net, x1, x2, implementation=implementation, full_outputs=True,
+                               by_layer=True), brute_force_by_layer(net, layers, x1, x2))
 
 
 def test_auto_picks_structured_for_a_wide_fc_net_and_says_so(caplog):
@@ -122,6 +161,8 @@ def test_bad_input():
         nc.empirical_ntk(net, x, full_outputs=True)
     with pytest.raises(TypeError, match="net must be a torch.nn.Module"):
         nc.empirical_ntk(lambda v: v, x)
+    with pytest.raises(TypeError, match="by_layer must be True or False"):
+        nc.empirical_ntk(net, x, by_layer=1)
     frozen = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
     for p in frozen.parameters():
         p.requires_grad_(False)

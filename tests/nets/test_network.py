@@ -98,10 +98,11 @@ SEEDS = 160
 
 
 def sampled(arch, x, width):
-    """(SEEDS, n, n) empirical NTKs of freshly seeded library networks."""
+    """(SEEDS, depth, n, n) empirical NTKs of freshly seeded library networks, by layer."""
     shape = tuple(x.shape[1:])
     return torch.stack([
-        nc.empirical_ntk(arch.network(width, shape, seed=s, dtype=torch.float64), x)
+        nc.empirical_ntk(arch.network(width, shape, seed=s, dtype=torch.float64), x,
+                         by_layer=True)
         for s in range(SEEDS)])
 
 
@@ -122,14 +123,17 @@ CONVERGENCE = [
 @pytest.mark.parametrize("arch,shape,widths", CONVERGENCE, ids=repr)
 def test_empirical_ntk_approaches_the_analytic_one_as_width_grows(arch, shape, widths):
     """At the wider width the seed average matches arch.ntk within 5 standard errors of the
-    seed-to-seed spread; and the typical single-net error ||H - Theta|| / ||Theta|| falls
-    from the narrow to the wide width by more than 3 of its standard errors (it should
-    fall like width^-1/2: by 4x over a 16x width)."""
+    seed-to-seed spread, and so does each layer's term (by_layer) that of Eq. (9); and the
+    typical single-net error ||H - Theta|| / ||Theta|| falls from the narrow to the wide
+    width by more than 3 of its standard errors (it should fall like width^-1/2: by 4x
+    over a 16x width)."""
     x = unit_images(shape)
-    exact = arch.ntk(x)
+    exact_by_layer = arch.ntk(x, by_layer=True)
+    exact = exact_by_layer.sum(0)
     errors = []
     for width in widths:
-        samples = sampled(arch, x, width)
+        by_layer = sampled(arch, x, width)
+        samples = by_layer.sum(1)
         relative = (samples - exact).flatten(1).norm(dim=1) / exact.norm()
         errors.append((float(relative.mean()), float(relative.std()) / math.sqrt(SEEDS)))
     narrow, wide = errors
@@ -137,3 +141,8 @@ def test_empirical_ntk_approaches_the_analytic_one_as_width_grows(arch, shape, w
     assert ((samples.mean(0) - exact).abs() / se_of_mean).max() < 5
     assert narrow[0] - wide[0] > 3 * math.hypot(narrow[1], wide[1])
     assert wide[0] < narrow[0] / 2
+    trained = [not (arch.fix_first_last and h in (0, arch.depth - 1)) for h in range(arch.depth)]
+    assert torch.all(by_layer[:, [not t for t in trained]] == 0)
+    assert torch.all(exact_by_layer[[not t for t in trained]] == 0)
+    layer_se = by_layer[:, trained].std(0) / math.sqrt(SEEDS)
+    assert ((by_layer[:, trained].mean(0) - exact_by_layer[trained]).abs() / layer_se).max() < 5
