@@ -71,6 +71,21 @@ def test_gram_matrices_are_positive_semidefinite(case):
         assert torch.linalg.eigvalsh(gram).min() >= -1e-10 * gram.trace()
 
 
+@given(arch_and_inputs())
+def test_each_layers_term_is_a_kernel_and_they_sum_to_the_ntk(case):
+    """By layer: each weight layer's term (Eq. 9's summand) is a PSD Gram matrix of its own
+    (J_h J_h^T at any width), fixed layers' are zero, and the terms add up to the NTK."""
+    arch, x1, _ = case
+    terms, whole = arch.ntk(x1, by_layer=True), arch.ntk(x1)
+    assert terms.shape == (arch.depth, *whole.shape)
+    assert_close(terms.sum(0), whole, whole.abs().max())
+    for h, gram in enumerate(terms, start=1):
+        assert torch.equal(gram, gram.T)
+        assert torch.linalg.eigvalsh(gram).min() >= -1e-10 * max(1.0, float(gram.trace()))
+        if arch.fix_first_last and h in (1, arch.depth):
+            assert torch.all(gram == 0)
+
+
 @given(arch_and_inputs(), st.floats(0.05, 20), st.floats(0.05, 20))
 def test_relu_homogeneity(case, a, b):
     arch, x1, x2 = case
@@ -81,11 +96,15 @@ def test_relu_homogeneity(case, a, b):
 
 @given(fcs(), tensors((4, 3)))
 def test_fc_diagonal_keeps_the_norm(arch, x):
-    """Sigma^(h)(x, x) = |x|^2 for every h, and each trained layer adds |x|^2 to Theta(x, x)."""
+    """Sigma^(h)(x, x) = |x|^2 for every h, and each trained layer adds |x|^2 to Theta(x, x)
+    (its own term, by layer: Sigma^(h-1)(x, x) times K-dots of 1)."""
     norms = (x * x).sum(1)
     trained = arch.depth - 2 if arch.fix_first_last else arch.depth
     assert_close(arch.nngp(x).diagonal(), norms, norms.max())
     assert_close(arch.ntk(x).diagonal(), trained * norms, trained * norms.max())
+    for h, term in enumerate(arch.ntk(x, by_layer=True), start=1):
+        fixed = arch.fix_first_last and h in (1, arch.depth)
+        assert_close(term.diagonal(), 0 * norms if fixed else norms, norms.max())
 
 
 @given(cnns(filter_size=st.just(1)), tensors((3, 2, 1, 1)), tensors((2, 2, 1, 1)))
