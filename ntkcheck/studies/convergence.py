@@ -1,6 +1,7 @@
 """The three convergence studies: how fast finite nets approach the NTK theory with width.
 
-- ``init``: |H(0) - Theta| at initialization (Theorem 3.1: O(m^-1/4) up to depth factors).
+- ``init``: |H(0) - Theta| at initialization (Theorem 3.1: O(m^-1/4) up to depth factors),
+  also for each weight layer's term of Eq. (9) alone (``by_layer``).
 - ``drift``: ||H(T) - H(0)|| after gradient descent to convergence (the proof of Theorem 3.2
   keeps it O(m^-1/6)).
 - ``agreement``: |f_nn - f_ntk| on held-out points (Theorem 3.2, small kappa), and
@@ -52,6 +53,18 @@ the kernel's movement during training (the proof of Theorem 3.2), which also gov
 agreement of f_nn with f_ntk."""
 FITTED = {"init": ("max_entry", "rel_fro"), "drift": ("kernel_change_fro", "weight_change"),
           "agreement": ("nn_vs_ntk", "nn_vs_lin")}
+"""Each study's headline metrics (fitted, and drawn in ``<study>.png``)."""
+LAYER_METRIC = "layer{}_rel_fro"
+"""The init study's ||H_h(0) - Theta_h|| / ||Theta_h|| for weight layer h = 1 .. depth: the
+empirical NTK's and Eq. (9)'s terms of that layer alone (fitted, drawn in init_layers.png)."""
+
+
+def layer_of(metric: object) -> int | None:
+    """h for a ``LAYER_METRIC`` name, else None."""
+    head, _, tail = str(metric).partition("_")
+    if tail != "rel_fro" or not head.startswith("layer") or not head[5:].isdigit():
+        return None
+    return int(head[5:])
 
 
 @dataclass(frozen=True)
@@ -141,10 +154,11 @@ def _row(arch: str, depth: int, width: int, seed: int, kappa: float, metric: str
 @functools.cache
 def _init_problem(arch: str, depth: int, n: int, crop: int,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The init study's inputs and their analytic NTK: the same for every width and seed."""
+    """The init study's inputs and their analytic NTK by layer, (depth, n, n): the same for
+    every width and seed."""
     images = _split("test")[0][:n]
     x = inputs(arch, images, images, crop, device)
-    return x, architecture(arch, depth).ntk(x)
+    return x, architecture(arch, depth).ntk(x, by_layer=True)
 
 
 @dataclass(frozen=True)
@@ -158,13 +172,17 @@ class _Training:
 
 def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,
           device: torch.device, _: _Training) -> list[dict[str, object]]:
-    x, theta = _init_problem(arch, depth, setting.n, setting.crop, device)
+    x, layers = _init_problem(arch, depth, setting.n, setting.crop, device)
     kernel = architecture(arch, depth)
     net = kernel.network(width, tuple(x.shape[1:]), seed=seed, dtype=x.dtype, device=device)
-    error = empirical_ntk(net, x) - theta
+    errors = empirical_ntk(net, x, by_layer=True) - layers
+    error, theta = errors.sum(0), layers.sum(0)
     return [_row(arch, depth, width, seed, kappa, "max_entry",
                  float(error.abs().max() / theta.abs().max())),
-            _row(arch, depth, width, seed, kappa, "rel_fro", float(error.norm() / theta.norm()))]
+            _row(arch, depth, width, seed, kappa, "rel_fro", float(error.norm() / theta.norm()))
+            ] + [_row(arch, depth, width, seed, kappa, LAYER_METRIC.format(h),
+                      float(errors[h - 1].norm() / layers[h - 1].norm()))
+                 for h in range(1, depth + 1)]
 
 
 class _Unconverged(Exception):

@@ -9,17 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .convergence import BOUND_SLOPES, FITTED, LOSS_TOLERANCE, unconverged
+from .convergence import BOUND_SLOPES, FITTED, LOSS_TOLERANCE, layer_of, unconverged
 
 EMPIRICAL_SLOPE = -0.5
 BOOTSTRAP = 1000
+
+
+def _fitted(study: str, metric: object) -> bool:
+    """The headline metrics, and the init study's per-layer errors."""
+    return metric in FITTED[study] or (study == "init" and layer_of(metric) is not None)
 
 
 def _groups(rows: Sequence[dict[str, object]], study: str):
     """{(arch, depth, kappa, metric): {width: [value per seed]}} for the fitted metrics."""
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["metric"] in FITTED[study]:
+        if _fitted(study, r["metric"]):
             key = (str(r["arch"]), int(str(r["depth"])), float(str(r["kappa"])), str(r["metric"]))
             groups[key][int(str(r["width"]))].append(float(str(r["value"])))
     return groups
@@ -34,7 +39,9 @@ def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[d
     95% bootstrap interval from resampling the seeds of every width."""
     rng = np.random.default_rng(seed)
     out = []
-    for (arch, depth, kappa, metric), by_width in sorted(_groups(rows, study).items()):
+    groups = _groups(rows, study)  # per (arch, depth, kappa): headline metrics, then layers
+    for (arch, depth, kappa, metric), by_width in sorted(
+            groups.items(), key=lambda g: (*g[0][:3], layer_of(g[0][3]) or 0, g[0][3])):
         widths = np.array(sorted(by_width), dtype=float)
         if len(widths) < 2:
             continue
@@ -51,27 +58,32 @@ def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[d
     return out
 
 
-def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _frame(rows: Sequence[dict[str, object]], keep):
+    """The rows whose metric ``keep`` accepts, as a typed DataFrame."""
     import pandas as pd
-    import seaborn as sns
 
-    frame = pd.DataFrame([r for r in rows if r["metric"] in FITTED[study]])
+    frame = pd.DataFrame([r for r in rows if keep(r["metric"])])
     for column in ("width", "depth"):
         frame[column] = frame[column].astype(int)
     frame["value"] = frame["value"].astype(float)
     frame["kappa"] = frame["kappa"].astype(float)
-    frame["curve"] = frame["arch"] + ", L=" + frame["depth"].astype(str)
-    if study == "agreement":
-        frame["curve"] += ", kappa=" + frame["kappa"].astype(str)
-    metrics = FITTED[study]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        part = frame[frame["metric"] == metric]
-        sns.lineplot(data=part, x="width", y="value", hue="curve", marker="o",
+    return frame
+
+
+def _panels(study: str, panels: list[tuple[str, str, object]], hue: str, path: Path) -> None:
+    """One log-log panel per (title, y label, frame) against width, a curve per ``hue``
+    value (seed mean, 2 standard errors), with the bound's and m^-1/2's slopes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    columns = min(len(panels), 3)
+    rows_ = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(6 * columns, 4.6 * rows_), squeeze=False)
+    for ax, (title, ylabel, part) in zip(axes.flat, panels, strict=False):
+        sns.lineplot(data=part, x="width", y="value", hue=hue, marker="o",
                      errorbar=("se", 2), ax=ax)
         widths = np.array(sorted(part["width"].unique()), dtype=float)
         # constants are unknown: each reference line starts at the geometric mean of the
@@ -81,16 +93,39 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
                                     (EMPIRICAL_SLOPE, "k:", "m^-1/2 (known empirical rate)")):
             ax.plot(widths, start * (widths / widths[0]) ** slope, style,
                     label=f"{label}, slope {slope:.3g}")
-        ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=metric.replace("_", " "),
-               title=f"{study}: {metric}")
+        ax.set(xscale="log", yscale="log", xlabel="width m", ylabel=ylabel, title=title)
         # the swept widths as plain numbers: log-axis labels like 3x10^1 overlap and hide them
         ax.set_xticks(widths, [f"{w:g}" for w in widths])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
+    """The headline metrics, a panel each, a curve per (arch, depth[, kappa])."""
+    frame = _frame(rows, lambda metric: metric in FITTED[study])
+    frame["curve"] = frame["arch"] + ", L=" + frame["depth"].astype(str)
+    if study == "agreement":
+        frame["curve"] += ", kappa=" + frame["kappa"].astype(str)
+    _panels(study, [(f"{study}: {metric}", metric.replace("_", " "),
+                     frame[frame["metric"] == metric]) for metric in FITTED[study]],
+            "curve", path)
+
+
+def _layer_figure(rows: Sequence[dict[str, object]], path: Path) -> None:
+    """The init study by layer: a panel per (arch, depth), a curve per weight layer's
+    relative error and one for the whole kernel's."""
+    frame = _frame(rows, lambda metric: metric == "rel_fro" or layer_of(metric) is not None)
+    frame["curve"] = [f"layer {layer_of(m)}" if layer_of(m) else "whole NTK"
+                      for m in frame["metric"]]
+    _panels("init", [(f"init by layer: {arch}, L={depth}", "||H_h - Theta_h|| / ||Theta_h||",
+                      part) for (arch, depth), part in frame.groupby(["arch", "depth"])],
+            "curve", path)
 
 
 def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
@@ -104,6 +139,11 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
              f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: -0.5. The bound "
              "lines in the figure start at the geometric mean of the curves at the narrowest "
              "width (their constants are unknown).", ""]
+    if study == "init":
+        lines += ["layer<h>_rel_fro is ||H_h(0) - Theta_h|| / ||Theta_h|| for weight layer h "
+                  "alone: the empirical NTK summed over that layer's weights against its term "
+                  "of Eq. (9), Sigma^(h-1) carried through the K-dots of the layers above "
+                  "(init_layers.png draws them).", ""]
     if study == "agreement":
         lines += ["nn_vs_ntk is |f_nn - f_ntk| with f_ntk = Theta(x, X) Theta^-1 y, kernel "
                   "regression from zero as Theorem 3.2 states it: the net's initial output "
@@ -165,3 +205,5 @@ def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: P
     (folder / f"{study}.md").write_text(_words(study, preset, found, sweep, failed, scales))
     if any(r["metric"] in FITTED[study] for r in rows):
         _figure(study, rows, folder / f"{study}.png")
+    if study == "init" and any(layer_of(r["metric"]) for r in rows):
+        _layer_figure(rows, folder / "init_layers.png")

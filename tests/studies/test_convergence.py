@@ -20,7 +20,8 @@ TINY = {
     "agreement": convergence.Setting(("fc",), (2,), (16, 32), seeds=2, n=4, n_test=4,
                                      kappas=(0.5, 1.0), crop=4),
 }
-METRICS = {"init": ["max_entry", "rel_fro"],  # drift and agreement: also the steps a net took
+METRICS = {"init": ["max_entry", "rel_fro", "layer1_rel_fro", "layer2_rel_fro"],  # depth 2
+           # drift and agreement: also the steps a net took
            "drift": ["kernel_change_fro", "weight_change", "steps"],
            "agreement": ["nn_vs_ntk", "nn_vs_lin", "acc_nn", "acc_ntk", "steps"]}
 
@@ -55,12 +56,35 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
         assert all(0 < c["lambda_min"] <= c["lambda_max"] and c["displacement"] > 0
                    for c in summary["regime_scales"])
     assert summary["sweep"]["widths"] == list(setting.widths)
-    assert {f["metric"] for f in summary["fits"]} == set(convergence.FITTED[study])
+    assert {f["metric"] for f in summary["fits"]} == (
+        set(METRICS["init"]) if study == "init" else set(convergence.FITTED[study]))
     for fit in summary["fits"]:
         assert fit["slope_ci"][0] <= fit["slope"] <= fit["slope_ci"][1]
         assert fit["bound_slope"] == round(convergence.BOUND_SLOPES[study], 4)
     assert "slope" in (tmp_path / f"{study}.md").read_text()
     assert (tmp_path / f"{study}.png").stat().st_size > 10_000
+    assert (tmp_path / "init_layers.png").exists() == (study == "init")
+
+
+def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
+    """layer{h}_rel_fro: ||H_h - Theta_h|| / ||Theta_h|| of weight layer h's terms alone,
+    recomputed here from the net the study builds; the whole kernel's error stays the
+    error of their sums."""
+    assert main(["study", "init", "--out", str(tmp_path), "--quiet", "--archs", "cnn-flatten",
+                 "--depths", "3", "--widths", "8", "--seeds", "1"]) == 0
+    got = dict(_metrics(tmp_path / "init.csv"))
+    x, _ = convergence._init_problem("cnn-flatten", 3, 3, 4, torch.device("cpu"))
+    arch = nc.CNN(depth=3, pooling="flatten")
+    theta = arch.ntk(x, by_layer=True)
+    h = nc.empirical_ntk(arch.network(8, tuple(x.shape[1:]), seed=0, dtype=x.dtype), x,
+                         by_layer=True)
+    for layer in (1, 2, 3):
+        want = (h[layer - 1] - theta[layer - 1]).norm() / theta[layer - 1].norm()
+        assert got[f"layer{layer}_rel_fro"] == pytest.approx(float(want), rel=1e-9)
+    whole = (h.sum(0) - theta.sum(0)).norm() / theta.sum(0).norm()
+    assert got["rel_fro"] == pytest.approx(float(whole), rel=1e-9)
+    assert convergence.layer_of("layer12_rel_fro") == 12
+    assert convergence.layer_of("rel_fro") is None and convergence.layer_of("layerx_rel_fro") is None
 
 
 def test_a_rerun_resumes_and_computes_only_what_is_missing(tmp_path, tiny_quick, monkeypatch):
