@@ -153,7 +153,8 @@ def _study(args: argparse.Namespace) -> None:
     convergence.run(args.study, args.preset, args.out, device=device, progress=not args.quiet,
                     archs=args.archs, depths=args.depths, widths=args.widths,
                     seeds=args.seeds, kappas=args.kappas, max_steps=args.max_steps)
-    written = [f"{args.study}{end}" for end in (".csv", "_summary.json", ".png", ".md")
+    written = [f"{args.study}{end}" for end in (".csv", "_summary.json", ".png", "_layers.png",
+                                                 ".md")
                if (Path(args.out) / f"{args.study}{end}").exists()]  # no figure if nothing fitted
     print(f"wrote {args.out}/{', '.join(written[:-1])} and {written[-1]}")
 

@@ -64,6 +64,7 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert "slope" in (tmp_path / f"{study}.md").read_text()
     assert (tmp_path / f"{study}.png").stat().st_size > 10_000
     assert (tmp_path / "init_layers.png").exists() == (study == "init")
+    assert ("init_layers.png" in capsys.readouterr().out) == (study == "init")
 
 
 def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
