@@ -169,15 +169,16 @@ def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Gro
         return f(p, x[None])[0]
 
     def jacobians(x: torch.Tensor) -> list[torch.Tensor]:
+        """(b, k, parameters) per group; a frozen group's has no columns (its term: 0)."""
         jac = vmap(jacrev(one), in_dims=(None, 0))(params, x)
-        return [torch.cat([jac[n].reshape(len(x), jac[n].shape[1], -1) for n in names], -1)
-                if names else x.new_zeros(len(x), 1, 1) for names in groups]
+        flat = {n: j.reshape(len(x), j.shape[1], -1) for n, j in jac.items()}
+        none = x.new_zeros(len(x), next(iter(flat.values())).shape[1], 0)
+        return [torch.cat([none] + [flat[n] for n in names], -1) for names in groups]
 
     def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         j1 = jacobians(x1)
         j2 = j1 if x2 is x1 else jacobians(x2)
-        k = max(j.shape[1] for j in j1)  # a frozen group's zero Jacobian broadcasts
-        return torch.stack([torch.einsum("ikp,jlp->ijkl", a, b).expand(-1, -1, k, k)
+        return torch.stack([torch.einsum("ikp,jlp->ijkl", a, b)
                             for a, b in zip(j1, j2, strict=True)])
 
     return block
