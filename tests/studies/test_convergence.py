@@ -85,7 +85,8 @@ def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
     whole = (h.sum(0) - theta.sum(0)).norm() / theta.sum(0).norm()
     assert got["rel_fro"] == pytest.approx(float(whole), rel=1e-9)
     assert convergence.layer_of("layer12_rel_fro") == 12
-    assert convergence.layer_of("rel_fro") is None and convergence.layer_of("layerx_rel_fro") is None
+    assert convergence.layer_of("rel_fro") is None
+    assert convergence.layer_of("layerx_rel_fro") is None
 
 
 def test_a_rerun_resumes_and_computes_only_what_is_missing(tmp_path, tiny_quick, monkeypatch):
