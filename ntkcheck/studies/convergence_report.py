@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[d
     return out
 
 
-def _frame(rows: Sequence[dict[str, object]], keep):
+def _frame(rows: Sequence[dict[str, object]], keep: Callable[[object], bool]) -> Any:
     """The rows whose metric ``keep`` accepts, as a typed DataFrame."""
     import pandas as pd
 
@@ -70,7 +71,7 @@ def _frame(rows: Sequence[dict[str, object]], keep):
     return frame
 
 
-def _panels(study: str, panels: list[tuple[str, str, object]], hue: str, path: Path) -> None:
+def _panels(study: str, panels: list[tuple[str, str, Any]], hue: str, path: Path) -> None:
     """One log-log panel per (title, y label, frame) against width, a curve per ``hue``
     value (seed mean, 2 standard errors), with the bound's and m^-1/2's slopes."""
     import matplotlib
