@@ -29,7 +29,9 @@ class History:
 
     ``ntk[i]`` is H(t) of kappa f at ``steps[i]`` on the training points;
     ``kernel_change_fro`` is ||H(t) - H(0)||_F / ||H(0)||_F, ``kernel_change_op`` is
-    ||H(t) - H(0)||_2 (spectral norm, absolute); ``weight_change[i][name]`` is
+    ||H(t) - H(0)||_2 (spectral norm, absolute); ``layer_kernel_change[i][h - 1]`` is
+    ||H_h(t) - H_h(0)||_F / ||H_h(0)||_F for layer h's term of H (``empirical_ntk``'s
+    ``by_layer`` rows; NaN for a layer that does not train); ``weight_change[i][name]`` is
     ||W(t) - W(0)||_F / ||W(0)||_F per trainable parameter.  ``max_stable_lr`` is
     2 / lambda_max(kappa^2 H(0)) (learning rates at or above it diverge).
     """
@@ -39,6 +41,7 @@ class History:
     ntk: list[torch.Tensor] = field(default_factory=list)
     kernel_change_fro: list[float] = field(default_factory=list)
     kernel_change_op: list[float] = field(default_factory=list)
+    layer_kernel_change: list[list[float]] = field(default_factory=list)
     weight_change: list[dict[str, float]] = field(default_factory=list)
     max_stable_lr: float = math.inf
 
@@ -160,10 +163,12 @@ def train(
     y = y.to(dtype=out.dtype, device=out.device)
 
     def kernel() -> torch.Tensor:
-        return kappa**2 * empirical_ntk(net, x, implementation=implementation)
+        """(layers, n, n): H of kappa f by layer."""
+        return kappa**2 * empirical_ntk(net, x, implementation=implementation, by_layer=True)
 
     history = History()
-    h0 = kernel()
+    h0_layers = kernel()
+    h0 = h0_layers.sum(0)
     top = float(torch.linalg.eigvalsh(h0.double()).max())
     history.max_stable_lr = 2.0 / top if top > 0 else math.inf  # as max_stable_lr, from h0
     if lr >= history.max_stable_lr:
@@ -172,17 +177,22 @@ def train(
                          f"use lr < {history.max_stable_lr:.4g}")
     initial = {name: p.detach().clone() for name, p in params.items()}
     h0_norm = float(h0.norm())
+    layer_norms = [float(h.norm()) for h in h0_layers]
     path = None if checkpoint is None else Path(checkpoint)
     identity = {} if path is None else _identity(net, x, y, kappa, lr, record_every)
 
-    def record(step: int, loss: float, h: torch.Tensor | None = None) -> None:
-        h = kernel() if h is None else h
+    def record(step: int, loss: float, layers: torch.Tensor | None = None) -> None:
+        layers = kernel() if layers is None else layers
+        h = layers.sum(0)
         change = (h - h0).double()
         history.steps.append(step)
         history.loss.append(loss)
         history.ntk.append(h.detach().cpu())
         history.kernel_change_fro.append(float(change.norm()) / h0_norm)
         history.kernel_change_op.append(float(torch.linalg.matrix_norm(change, ord=2)))
+        history.layer_kernel_change.append([
+            float((now - then).norm()) / norm if norm > 0 else math.nan
+            for now, then, norm in zip(layers, h0_layers, layer_norms, strict=True)])
         history.weight_change.append({
             name: float((p.detach() - initial[name]).norm() / initial[name].norm())
             for name, p in params.items()})
@@ -208,7 +218,7 @@ def train(
     loss = _loss(net, x, y, kappa)
     value = float(loss.detach())  # one host read per step, for every use below
     if not history.steps:  # a fresh run (a resumed one has step 0 in its history)
-        record(0, value, h0)
+        record(0, value, h0_layers)
     kept = time.monotonic()
     with Progress(limit - step, "steps", enabled=progress) as bar:
         while step < limit and (until_loss is None or value > until_loss):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -31,6 +33,22 @@ def test_stable_gd_decreases_the_loss_monotonically(outputs):
     assert set(history.weight_change[-1]) == {n for n, _ in net.named_parameters()}
     torch.testing.assert_close(history.ntk[0], 0.25 * nc.empirical_ntk(
         problem(outputs=outputs)[0], x), rtol=1e-12, atol=0)  # H of kappa f at t = 0
+
+
+def test_each_layers_kernel_change_is_recorded():
+    """layer_kernel_change: ||H_h(t) - H_h(0)|| / ||H_h(0)|| of each layer's term, 0 at the
+    start, NaN for the fixed first and readout layers."""
+    _, x, y = problem()
+    net = nc.FC(depth=4, fix_first_last=True).network(16, (6,), seed=1, dtype=torch.float64)
+    before = nc.empirical_ntk(net, x, by_layer=True)
+    history = train(net, x, y, lr=0.5 * max_stable_lr(net, x), steps=40, record_every=20)
+    after = nc.empirical_ntk(net, x, by_layer=True)
+    first, last = history.layer_kernel_change[0], history.layer_kernel_change[-1]
+    assert len(history.layer_kernel_change) == 3 and first[1:3] == [0.0, 0.0]
+    assert all(math.isnan(v) for v in (first[0], first[3], last[0], last[3]))
+    for h in (1, 2):  # the trained hidden layers
+        want = float((after[h] - before[h]).norm() / before[h].norm())
+        assert last[h] == pytest.approx(want, rel=1e-9) and want > 0
 
 
 def test_until_loss_stops_there_and_records_the_last_step():

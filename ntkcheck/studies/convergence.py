@@ -3,7 +3,7 @@
 - ``init``: |H(0) - Theta| at initialization (Theorem 3.1: O(m^-1/4) up to depth factors),
   also for each weight layer's term of Eq. (9) alone (``by_layer``).
 - ``drift``: ||H(T) - H(0)|| after gradient descent to convergence (the proof of Theorem 3.2
-  keeps it O(m^-1/6)).
+  keeps it O(m^-1/6)), also for each weight layer's term alone.
 - ``agreement``: |f_nn - f_ntk| on held-out points (Theorem 3.2, small kappa), and
   |f_nn - f_lin| against the net linearized at initialization.
 
@@ -54,17 +54,31 @@ agreement of f_nn with f_ntk."""
 FITTED = {"init": ("max_entry", "rel_fro"), "drift": ("kernel_change_fro", "weight_change"),
           "agreement": ("nn_vs_ntk", "nn_vs_lin")}
 """Each study's headline metrics (fitted, and drawn in ``<study>.png``)."""
-LAYER_METRIC = "layer{}_rel_fro"
-"""The init study's ||H_h(0) - Theta_h|| / ||Theta_h|| for weight layer h = 1 .. depth: the
-empirical NTK's and Eq. (9)'s terms of that layer alone (fitted, drawn in init_layers.png)."""
+LAYER_METRICS = {"init": ("layer{}_rel_fro", "rel_fro"),
+                 "drift": ("layer{}_kernel_change", "kernel_change_fro")}
+"""Per weight layer h = 1 .. depth, the relative error (init: ||H_h(0) - Theta_h|| /
+||Theta_h||, against Eq. (9)'s term) or change (drift: ||H_h(T) - H_h(0)|| / ||H_h(0)||) of
+that layer's term of the NTK alone, and the whole kernel's metric it splits; fitted, and
+drawn in ``<study>_layers.png``."""
 
 
-def layer_of(metric: object) -> int | None:
-    """h for a ``LAYER_METRIC`` name, else None."""
-    head, _, tail = str(metric).partition("_")
-    if tail != "rel_fro" or not head.startswith("layer") or not head[5:].isdigit():
+def layer_of(metric: object, study: str) -> int | None:
+    """h for a name of ``study``'s per-layer metric, else None."""
+    if study not in LAYER_METRICS:
         return None
-    return int(head[5:])
+    head, _, tail = LAYER_METRICS[study][0].partition("{}")
+    name = str(metric)
+    middle = name[len(head):len(name) - len(tail)]
+    if not (name.startswith(head) and name.endswith(tail) and middle.isdigit()):
+        return None
+    return int(middle)
+
+
+def _layer_rows(config: tuple[str, int, int, int, float], study: str,
+                values: Sequence[float]) -> list[dict[str, object]]:
+    """One row per trained layer h of ``values`` (layer h's at h - 1; NaN: not trained)."""
+    return [_row(*config, LAYER_METRICS[study][0].format(h), v)
+            for h, v in enumerate(values, start=1) if not math.isnan(v)]
 
 
 @dataclass(frozen=True)
@@ -180,9 +194,9 @@ def _init(arch: str, depth: int, width: int, seed: int, kappa: float, setting: S
     return [_row(arch, depth, width, seed, kappa, "max_entry",
                  float(error.abs().max() / theta.abs().max())),
             _row(arch, depth, width, seed, kappa, "rel_fro", float(error.norm() / theta.norm()))
-            ] + [_row(arch, depth, width, seed, kappa, LAYER_METRIC.format(h),
-                      float(errors[h - 1].norm() / layers[h - 1].norm()))
-                 for h in range(1, depth + 1)]
+            ] + _layer_rows((arch, depth, width, seed, kappa), "init",
+                            [float(e.norm() / t.norm()) for e, t in zip(errors, layers,
+                                                                       strict=True)])
 
 
 class _Unconverged(Exception):
@@ -267,7 +281,9 @@ def _drift(arch: str, depth: int, width: int, seed: int, kappa: float, setting: 
                  history.kernel_change_fro[-1]),
             _row(arch, depth, width, seed, kappa, "weight_change",
                  max(history.weight_change[-1].values())),
-            _row(arch, depth, width, seed, kappa, "steps", history.steps[-1])]
+            _row(arch, depth, width, seed, kappa, "steps", history.steps[-1])
+            ] + _layer_rows((arch, depth, width, seed, kappa), "drift",
+                            history.layer_kernel_change[-1])
 
 
 def _agreement(arch: str, depth: int, width: int, seed: int, kappa: float, setting: Setting,

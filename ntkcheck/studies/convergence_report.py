@@ -10,15 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from .convergence import BOUND_SLOPES, FITTED, LOSS_TOLERANCE, layer_of, unconverged
+from .convergence import (
+    BOUND_SLOPES,
+    FITTED,
+    LAYER_METRICS,
+    LOSS_TOLERANCE,
+    layer_of,
+    unconverged,
+)
 
 EMPIRICAL_SLOPE = -0.5
 BOOTSTRAP = 1000
 
 
 def _fitted(study: str, metric: object) -> bool:
-    """The headline metrics, and the init study's per-layer errors."""
-    return metric in FITTED[study] or (study == "init" and layer_of(metric) is not None)
+    """The headline metrics, and the per-layer ones."""
+    return metric in FITTED[study] or layer_of(metric, study) is not None
 
 
 def _groups(rows: Sequence[dict[str, object]], study: str):
@@ -42,7 +49,7 @@ def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[d
     out = []
     groups = _groups(rows, study)  # per (arch, depth, kappa): headline metrics, then layers
     for (arch, depth, kappa, metric), by_width in sorted(
-            groups.items(), key=lambda g: (*g[0][:3], layer_of(g[0][3]) or 0, g[0][3])):
+            groups.items(), key=lambda g: (*g[0][:3], layer_of(g[0][3], study) or 0, g[0][3])):
         widths = np.array(sorted(by_width), dtype=float)
         if len(widths) < 2:
             continue
@@ -118,14 +125,15 @@ def _figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
             "curve", path)
 
 
-def _layer_figure(rows: Sequence[dict[str, object]], path: Path) -> None:
-    """The init study by layer: a panel per (arch, depth), a curve per weight layer's
-    relative error and one for the whole kernel's."""
-    frame = _frame(rows, lambda metric: metric == "rel_fro" or layer_of(metric) is not None)
-    frame["curve"] = [f"layer {layer_of(m)}" if layer_of(m) else "whole NTK"
+def _layer_figure(study: str, rows: Sequence[dict[str, object]], path: Path) -> None:
+    """A study by layer: a panel per (arch, depth), a curve per weight layer's metric and
+    one for the whole kernel's."""
+    name, whole = LAYER_METRICS[study]
+    frame = _frame(rows, lambda metric: metric == whole or layer_of(metric, study) is not None)
+    frame["curve"] = [f"layer {layer_of(m, study)}" if layer_of(m, study) else "whole NTK"
                       for m in frame["metric"]]
-    _panels("init", [(f"init by layer: {arch}, L={depth}", "||H_h - Theta_h|| / ||Theta_h||",
-                      part) for (arch, depth), part in frame.groupby(["arch", "depth"])],
+    _panels(study, [(f"{study} by layer: {arch}, L={depth}", name.format("<h>"), part)
+                    for (arch, depth), part in frame.groupby(["arch", "depth"])],
             "curve", path)
 
 
@@ -145,6 +153,10 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
                   "alone: the empirical NTK summed over that layer's weights against its term "
                   "of Eq. (9), Sigma^(h-1) carried through the K-dots of the layers above "
                   "(init_layers.png draws them).", ""]
+    if study == "drift":
+        lines += ["layer<h>_kernel_change is ||H_h(T) - H_h(0)|| / ||H_h(0)|| for weight "
+                  "layer h alone: how far training moved that layer's term of the empirical "
+                  "NTK (drift_layers.png draws them).", ""]
     if study == "agreement":
         lines += ["nn_vs_ntk is |f_nn - f_ntk| with f_ntk = Theta(x, X) Theta^-1 y, kernel "
                   "regression from zero as Theorem 3.2 states it: the net's initial output "
@@ -206,5 +218,5 @@ def report(study: str, preset: str, rows: Sequence[dict[str, object]], folder: P
     (folder / f"{study}.md").write_text(_words(study, preset, found, sweep, failed, scales))
     if any(r["metric"] in FITTED[study] for r in rows):
         _figure(study, rows, folder / f"{study}.png")
-    if study == "init" and any(layer_of(r["metric"]) for r in rows):
-        _layer_figure(rows, folder / "init_layers.png")
+    if any(layer_of(r["metric"], study) for r in rows):
+        _layer_figure(study, rows, folder / f"{study}_layers.png")

@@ -22,7 +22,8 @@ TINY = {
 }
 METRICS = {"init": ["max_entry", "rel_fro", "layer1_rel_fro", "layer2_rel_fro"],  # depth 2
            # drift and agreement: also the steps a net took
-           "drift": ["kernel_change_fro", "weight_change", "steps"],
+           "drift": ["kernel_change_fro", "weight_change", "steps", "layer1_kernel_change",
+                     "layer2_kernel_change"],
            "agreement": ["nn_vs_ntk", "nn_vs_lin", "acc_nn", "acc_ntk", "steps"]}
 
 
@@ -56,15 +57,16 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
         assert all(0 < c["lambda_min"] <= c["lambda_max"] and c["displacement"] > 0
                    for c in summary["regime_scales"])
     assert summary["sweep"]["widths"] == list(setting.widths)
-    assert {f["metric"] for f in summary["fits"]} == (
-        set(METRICS["init"]) if study == "init" else set(convergence.FITTED[study]))
+    assert {f["metric"] for f in summary["fits"]} == set(convergence.FITTED[study]) | {
+        m for m in METRICS[study] if convergence.layer_of(m, study)}
     for fit in summary["fits"]:
         assert fit["slope_ci"][0] <= fit["slope"] <= fit["slope_ci"][1]
         assert fit["bound_slope"] == round(convergence.BOUND_SLOPES[study], 4)
     assert "slope" in (tmp_path / f"{study}.md").read_text()
     assert (tmp_path / f"{study}.png").stat().st_size > 10_000
-    assert (tmp_path / "init_layers.png").exists() == (study == "init")
-    assert ("init_layers.png" in capsys.readouterr().out) == (study == "init")
+    by_layer = study in convergence.LAYER_METRICS
+    assert (tmp_path / f"{study}_layers.png").exists() == by_layer
+    assert (f"{study}_layers.png" in capsys.readouterr().out) == by_layer
 
 
 def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
@@ -84,9 +86,11 @@ def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
         assert got[f"layer{layer}_rel_fro"] == pytest.approx(float(want), rel=1e-9)
     whole = (h.sum(0) - theta.sum(0)).norm() / theta.sum(0).norm()
     assert got["rel_fro"] == pytest.approx(float(whole), rel=1e-9)
-    assert convergence.layer_of("layer12_rel_fro") == 12
-    assert convergence.layer_of("rel_fro") is None
-    assert convergence.layer_of("layerx_rel_fro") is None
+    assert convergence.layer_of("layer12_rel_fro", "init") == 12
+    assert convergence.layer_of("layer3_kernel_change", "drift") == 3
+    for name, study in (("rel_fro", "init"), ("layerx_rel_fro", "init"),
+                        ("layer3_rel_fro", "drift"), ("layer3_kernel_change", "agreement")):
+        assert convergence.layer_of(name, study) is None
 
 
 def test_a_rerun_resumes_and_computes_only_what_is_missing(tmp_path, tiny_quick, monkeypatch):
@@ -165,6 +169,7 @@ def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, ti
                                        "kappa": 1.0, "steps": 2, "loss": loss}]
     assert "width 16, seed 0: loss" in (tmp_path / "drift.md").read_text()
     assert not (tmp_path / "drift.png").exists()  # nothing to draw, and "wrote" says so
+    assert not (tmp_path / "drift_layers.png").exists()
 
     calls = []
     original = convergence.MEASURE["drift"]
@@ -181,7 +186,7 @@ def test_an_unconverged_net_is_recorded_and_retried_with_more_steps(tmp_path, ti
         capsys.readouterr().err)
     assert not (tmp_path / "checkpoints").exists()  # no net is left part-trained
     metrics = dict(_metrics(tmp_path / "drift.csv"))
-    assert set(metrics) == {"kernel_change_fro", "weight_change", "steps"}
+    assert set(metrics) == set(METRICS["drift"])
     assert json.loads((tmp_path / "drift_summary.json").read_text())["unconverged"] == []
     assert (tmp_path / "drift.png").exists()
     # it took the steps of a run never stopped, and its kernel moved as that one's did
