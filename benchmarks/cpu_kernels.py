@@ -70,14 +70,21 @@ def inputs(kernel: str, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
     return x.flatten(1) if kernel == "FC" else x
 
 
+def wall_seconds(fn) -> float:
+    """Wall seconds of one call of fn()."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def spread(runs: list[float]) -> tuple[float, float]:
+    """Best and median of timed runs."""
+    return min(runs), float(np.median(runs))
+
+
 def best_and_median(fn, repeats: int = REPEATS) -> tuple[float, float]:
     """Best and median wall seconds of ``repeats`` calls of fn()."""
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return min(runs), float(np.median(runs))
+    return spread([wall_seconds(fn) for _ in range(repeats)])
 
 
 def time_rows(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> list[dict]:
@@ -88,9 +95,7 @@ def time_rows(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> list[
     x1, x2 = inputs(kernel, n1, dtype, 0), inputs(kernel, n2, dtype, 1)
 
     def seconds(backend: str) -> float:
-        start = time.perf_counter()
-        arch.ntk(x1, x2, depths=depths, backend=backend)
-        return time.perf_counter() - start
+        return wall_seconds(lambda: arch.ntk(x1, x2, depths=depths, backend=backend))
 
     first = {backend: seconds(backend) for backend in BACKENDS}
     runs: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
@@ -99,7 +104,7 @@ def time_rows(kernel: str, depth: int, dtype: torch.dtype, depths=None) -> list[
             runs[backend].append(seconds(backend))
     rows = []
     for backend in BACKENDS:
-        best, median = min(runs[backend]), float(np.median(runs[backend]))
+        best, median = spread(runs[backend])
         rows.append({
             "kernel": kernel, "backend": backend, "image": "32x32x3", "depth": depth,
             "depths_in_one_pass": list(depths) if depths else [depth],

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .recursion import Activation, Rules, activation
+from .recursion import Activation, Rules, activation, pair_count
 
 MIN_WORK = 2**30
 """Entry-layers (pairs x field entries x activations) from which "auto" compiles a CPU
@@ -59,8 +59,7 @@ def worth_compiling(rules: Rules, x1: torch.Tensor, x2: torch.Tensor | None,
                     depths: frozenset[int]) -> bool:
     """Whether "auto" compiles this job: on the CPU, at least ``MIN_WORK`` entry-layers,
     unless compiling already failed in this process."""
-    n1 = x1.shape[0]
-    pairs = n1 * (n1 + 1) // 2 if x2 is None else n1 * x2.shape[0]
+    pairs = pair_count(x1.shape[0], (x1 if x2 is None else x2).shape[0], x2 is None)
     work = pairs * rules.field_numel(tuple(x1.shape)) * (max(depths) - 1)
     return x1.device.type == "cpu" and COMPILE_FAILURE is None and work >= MIN_WORK
 

@@ -184,11 +184,16 @@ TileFn = Callable[[slice, slice], dict[int, Kernels]]
 matrix's diagonal tiles only the entries on and above the diagonal need be right."""
 
 
+def pair_count(rows: int, cols: int, symmetric: bool) -> int:
+    """Pairs computed for a rows x cols block: of a symmetric (Gram) one, those on and above
+    the diagonal."""
+    return rows * (rows + 1) // 2 if symmetric else rows * cols
+
+
 def tile_pairs(n1: int, n2: int, r: int, c: int, b1: int, b2: int, symmetric: bool) -> int:
     """Pairs computed in the b1 x b2 tile at (r, c): on a Gram matrix's diagonal tiles, only
     those on and above the diagonal."""
-    rows, cols = min(b1, n1 - r), min(b2, n2 - c)
-    return rows * (rows + 1) // 2 if symmetric and r == c else rows * cols
+    return pair_count(min(b1, n1 - r), min(b2, n2 - c), symmetric and r == c)
 
 
 def tiled(
@@ -211,7 +216,7 @@ def tiled(
         d: Kernels(x1.new_zeros(*((d,) if by_layer else ()), n1, n2), x1.new_zeros(n1, n2))
         for d in sorted(depths)
     }
-    total = n1 * (n1 + 1) // 2 if symmetric else n1 * n2
+    total = pair_count(n1, n2, symmetric)
     with Progress(total, "kernel pairs", enabled=progress) as bar:
         for r in range(0, n1, b1):
             for c in range(r if symmetric else 0, n2, b2):
