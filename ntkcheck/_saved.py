@@ -38,7 +38,7 @@ def claim(folder: Path, manifest: dict[str, object]) -> None:
         finally:
             partial.unlink(missing_ok=True)
     found = json.loads(path.read_text())
-    differ = [k for k in manifest if found.get(k) != manifest[k]]
+    differ = [k for k in {**found, **manifest} if found.get(k) != manifest.get(k)]
     if differ:
         raise ValueError(
             f"{str(folder)!r} holds the saved work of a different computation "

@@ -102,7 +102,7 @@ def _kernel(args: argparse.Namespace) -> None:
     x1 = _inputs("--x1", args.x1, device, dtype)
     x2 = None if args.x2 is None else _inputs("--x2", args.x2, device, dtype)
     options = dict(depths=args.depths, out=args.out, tile=args.tile, kernel=args.kernel,
-                   progress=not args.quiet)
+                   progress=not args.quiet, by_layer=args.by_layer)
     if args.shard is not None:
         done = kernel_tiles(arch, x1, x2, shard=args.shard, **options)
         print(f"shard {args.shard[0]}/{args.shard[1]}: computed {done} tiles into {args.out}; "
@@ -111,9 +111,10 @@ def _kernel(args: argparse.Namespace) -> None:
     for depth, found in kernel_matrix(arch, x1, x2, **options).items():
         kept = found._asdict() if isinstance(found, Kernels) else {args.kernel: found}
         for name, matrix in kept.items():
-            path = Path(args.out) / f"{name}_depth{depth}.npy"
+            split = "_layers" if args.by_layer and name == "ntk" else ""
+            path = Path(args.out) / f"{name}{split}_depth{depth}.npy"
             np.save(path, matrix.numpy())
-            print(f"wrote {path} ({matrix.shape[0]} x {matrix.shape[1]}, {matrix.dtype})")
+            print(f"wrote {path} ({' x '.join(map(str, matrix.shape))}, {matrix.dtype})")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -195,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated depths read out of the one pass (default "
                         "--depth)")
     kernel.add_argument("--kernel", choices=["both", "ntk", "nngp"], default="both")
+    kernel.add_argument("--by-layer", action="store_true",
+                        help="split the NTK into its weight layers' terms (Eq. 9): writes "
+                        "OUT/ntk_layers_depthD.npy, (D, n1, n2), whose sum over the first "
+                        "axis is the NTK, instead of OUT/ntk_depthD.npy (the torch "
+                        "reference computes it, also on cuda)")
     kernel.add_argument("--out", required=True, help="folder of the tiles and the matrices")
     kernel.add_argument("--tile", type=int, default=256, help="rows and columns per tile")
     kernel.add_argument("--shard", type=_shard, default=None, metavar="I/K",

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple, overload
 
 import torch
 
-from ._checks import check_depths, check_inputs, check_int
+from ._checks import check_bool, check_depths, check_inputs, check_int
 from ._progress import Progress
 from ._saved import claim, fingerprint, save
 from .architectures import DEFAULT_MAX_MEMORY, Backend, _Architecture
@@ -40,13 +40,17 @@ WHICH: tuple[Which, ...] = ("both", "ntk", "nngp")
 
 
 def _manifest(arch: _Architecture, x1: torch.Tensor, x2: torch.Tensor | None,
-              depths: frozenset[int], tile: int, kernel: Which) -> dict[str, object]:
-    return {
+              depths: frozenset[int], tile: int, kernel: Which,
+              by_layer: bool) -> dict[str, object]:
+    manifest: dict[str, object] = {
         "architecture": repr(arch), "depths": sorted(depths), "tile": tile, "kernel": kernel,
         "n1": x1.shape[0], "n2": x1.shape[0] if x2 is None else x2.shape[0],
         "gram": x2 is None, "dtype": str(x1.dtype).removeprefix("torch."),
         "x1": fingerprint(x1), "x2": None if x2 is None else fingerprint(x2),
     }
+    if by_layer:  # only then, so that folders begun before by_layer existed still resume
+        manifest["by_layer"] = True
+    return manifest
 
 
 Shard = tuple[int, int]
@@ -65,6 +69,7 @@ class _Tiles(NamedTuple):
     tile: int
     backend: Backend
     max_memory: int
+    by_layer: bool
 
     @property
     def sizes(self) -> tuple[int, int]:
@@ -100,6 +105,7 @@ class _Tiles(NamedTuple):
         found = self.arch._kernels(
             self.x1[rows], None if diagonal else (self.x1 if self.x2 is None else self.x2)[cols],
             self.depths, max_memory=self.max_memory, progress=False, backend=self.backend,
+            by_layer=self.by_layer,
         )
         block = {(d, name): getattr(k, name).cpu() for d, k in found.items()
                  for name in self.names}
@@ -111,7 +117,7 @@ class _Tiles(NamedTuple):
 def _tiles(
     arch: _Architecture, x1: object, x2: object, depths: Iterable[int] | None,
     out: str | os.PathLike[str] | None, tile: int, backend: Backend, max_memory: int,
-    kernel: Which,
+    kernel: Which, by_layer: bool,
 ) -> _Tiles:
     """The checked arguments of ``kernel_matrix`` / ``kernel_tiles``, ``out`` claimed."""
     x1, x2 = check_inputs(x1, x2, arch._rank, arch._layout)
@@ -119,11 +125,15 @@ def _tiles(
     check_int("tile", tile, 1, " (rows and columns per tile)")
     if kernel not in WHICH:
         raise ValueError(f"kernel must be one of {WHICH}; got {kernel!r}")
+    check_bool("by_layer", by_layer)
+    if by_layer and kernel == "nngp":
+        raise ValueError("by_layer=True splits the NTK by layer; kernel='nngp' keeps no NTK "
+                         "(use kernel='ntk' or 'both')")
     folder = None if out is None else Path(out)
     if folder is not None:
-        claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel))
+        claim(folder, _manifest(arch, x1, x2, chosen, tile, kernel, by_layer))
     names = ("ntk", "nngp") if kernel == "both" else (kernel,)
-    return _Tiles(arch, x1, x2, chosen, names, folder, tile, backend, max_memory)
+    return _Tiles(arch, x1, x2, chosen, names, folder, tile, backend, max_memory, by_layer)
 
 
 def _check_fused(tiles: _Tiles) -> None:
@@ -132,6 +142,8 @@ def _check_fused(tiles: _Tiles) -> None:
     kernels; a RuntimeError past ``FUSED_TOLERANCE``, rather than hours of wrong tiles (a
     new GPU, driver or Triton can break a kernel that compiles).  About the cost of four
     pairs."""
+    if tiles.by_layer:  # the fused kernel does not split by layer, so it computes no tile
+        return
     with warnings.catch_warnings():  # a fallback warns when the tiles are computed
         warnings.simplefilter("ignore")
         if not tiles.arch._use_fused(tiles.x1, tiles.backend):
@@ -185,6 +197,7 @@ def kernel_matrix(
     depths: Iterable[int] | None = None, out: str | os.PathLike[str] | None = None,
     tile: int = DEFAULT_TILE, progress: bool = True, backend: Backend = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY, kernel: Literal["both"] = "both",
+    by_layer: bool = False,
 ) -> dict[int, Kernels]: ...
 
 
@@ -194,6 +207,7 @@ def kernel_matrix(
     depths: Iterable[int] | None = None, out: str | os.PathLike[str] | None = None,
     tile: int = DEFAULT_TILE, progress: bool = True, backend: Backend = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY, kernel: Literal["ntk", "nngp"],
+    by_layer: bool = False,
 ) -> dict[int, torch.Tensor]: ...
 
 
@@ -209,6 +223,7 @@ def kernel_matrix(
     backend: Backend = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY,
     kernel: Which = "both",
+    by_layer: bool = False,
 ) -> dict[int, Kernels] | dict[int, torch.Tensor]:
     """{depth: Kernels(ntk, nngp)}: (n1, n2) matrices of ``arch`` (a Gram matrix if
     ``x2`` is None), computed ``tile`` x ``tile`` pairs at a time; with ``kernel="ntk"``
@@ -222,11 +237,15 @@ def kernel_matrix(
     Before the fused GPU kernel computes any tile, its kernels of the first two images of
     each side are checked against the float64 torch reference (a RuntimeError past
     ``FUSED_TOLERANCE``).  To split the work between processes, see ``kernel_tiles``.
+    ``by_layer=True`` keeps each depth d's NTK as its weight layers' terms, (d, n1, n2)
+    as ``arch.ntk(..., by_layer=True)`` gives them (d times the memory, on disk too); it
+    computes with the torch reference, never the fused kernel.
     """
-    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
+    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel, by_layer)
     n1, n2 = tiles.sizes
     gram = tiles.x2 is None
-    matrices = {(d, name): torch.zeros(n1, n2, dtype=tiles.x1.dtype)
+    matrices = {(d, name): torch.zeros(*((d,) if by_layer and name == "ntk" else ()), n1, n2,
+                                       dtype=tiles.x1.dtype)
                 for d in sorted(tiles.depths) for name in tiles.names}
     todo = {t for t in tiles.corners() if not tiles.saved(t)}
     if todo:
@@ -240,9 +259,9 @@ def kernel_matrix(
                 block = tiles.load(corner)
             rows, cols = (slice(v, v + tile) for v in corner)
             for key, k in block.items():
-                matrices[key][rows, cols] = k
+                matrices[key][..., rows, cols] = k
                 if gram and corner[0] != corner[1]:
-                    matrices[key][cols, rows] = k.T
+                    matrices[key][..., cols, rows] = k.mT
     if kernel == "both":
         return {d: Kernels(matrices[d, "ntk"], matrices[d, "nngp"]) for d in sorted(tiles.depths)}
     return {d: matrices[d, kernel] for d in sorted(tiles.depths)}
@@ -261,6 +280,7 @@ def kernel_tiles(
     backend: Backend = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY,
     kernel: Which = "both",
+    by_layer: bool = False,
 ) -> int:
     """Compute and save in ``out`` the tiles of ``shard`` = (index, count) of the matrix that
     ``kernel_matrix`` with the same arguments computes, without assembling it; returns how
@@ -272,7 +292,7 @@ def kernel_tiles(
     them all.  Shares are balanced by pairs (a Gram's diagonal tiles count half).
     """
     index, count = _check_shard(shard)
-    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel)
+    tiles = _tiles(arch, x1, x2, depths, out, tile, backend, max_memory, kernel, by_layer)
     todo = [t for t in _share(tiles, (index, count)) if not tiles.saved(t)]
     if todo:
         _check_fused(tiles)

@@ -53,6 +53,25 @@ def test_kernel_writes_the_matrices_and_shards_assemble(tmp_path, capsys):
     assert not (tmp_path / "cross" / "nngp_depth3.npy").exists()
 
 
+def test_kernel_by_layer_writes_each_layers_term(tmp_path, capsys):
+    x = np.random.default_rng(2).standard_normal((4, 6))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "layers"
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npy"),
+                 "--depths", "2,3", "--by-layer", "--tile", "3", "--quiet", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert "ntk_layers_depth3.npy (3 x 4 x 4, torch.float64)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.npy")) == [
+        "nngp_depth2.npy", "nngp_depth3.npy", "ntk_layers_depth2.npy", "ntk_layers_depth3.npy"]
+    want = nc.FC(depth=3).ntk(torch.from_numpy(x), depths=(2, 3), by_layer=True)
+    for d in (2, 3):
+        got = np.load(out / f"ntk_layers_depth{d}.npy")
+        np.testing.assert_allclose(got, want[d].numpy(), rtol=1e-12, atol=0)
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npy"),
+                 "--by-layer", "--kernel", "nngp", "--out", str(tmp_path / "o")]) == 2
+    assert "kernel='nngp' keeps no NTK" in capsys.readouterr().err
+
+
 def test_kernel_bad_arguments_give_one_line_errors(capsys, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 3)))
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 3)))

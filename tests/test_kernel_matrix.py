@@ -98,6 +98,38 @@ def test_a_folder_is_never_resumed_with_other_inputs(tmp_path):
         nc.kernel_matrix(ARCH, x, out=tmp_path, tile=2, progress=False, kernel="ntk")
 
 
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+@pytest.mark.parametrize("arch", [ARCH, nc.CNN(depth=4, pooling="flatten")], ids=repr)
+def test_layer_terms_in_tiles_are_the_direct_terms(tmp_path, monkeypatch, arch, cross):
+    """Split by layer: tiles (computed by shards, then loaded) assemble to arch.ntk's terms,
+    each (d, n1, n2) with off-diagonal tiles of a Gram mirrored layer by layer."""
+    x1, x2 = images(7, 13), (images(5, 14) if cross else None)
+    want = arch.ntk(x1, x2, depths=(3, 4), by_layer=True)
+    for i in range(2):
+        nc.kernel_tiles(arch, x1, x2, out=tmp_path, shard=(i, 2), depths=(3, 4), tile=3,
+                        progress=False, kernel="ntk", by_layer=True)
+    calls = counting(monkeypatch)
+    got = nc.kernel_matrix(arch, x1, x2, out=tmp_path, depths=(3, 4), tile=3, progress=False,
+                           kernel="ntk", by_layer=True)
+    assert calls == []
+    both = nc.kernel_matrix(arch, x1, x2, depths=(3, 4), tile=3, progress=False,
+                            by_layer=True)
+    for d in (3, 4):
+        assert got[d].shape == (d, 7, 5 if cross else 7)
+        torch.testing.assert_close(got[d], want[d], rtol=1e-12, atol=0)
+        torch.testing.assert_close(both[d].ntk, want[d], rtol=1e-12, atol=0)
+        torch.testing.assert_close(both[d].nngp, arch.nngp(x1, x2, depths=[d])[d],
+                                   rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["split first", "whole first"])
+def test_a_folder_is_never_resumed_split_the_other_way(tmp_path, first):
+    x = images(4, 15)
+    nc.kernel_matrix(ARCH, x, out=tmp_path, tile=2, progress=False, by_layer=first)
+    with pytest.raises(ValueError, match=r"different computation \(by_layer differ"):
+        nc.kernel_matrix(ARCH, x, out=tmp_path, tile=2, progress=False, by_layer=not first)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="tile must be >= 1"):
         nc.kernel_matrix(ARCH, images(2, 5), tile=0)
@@ -107,6 +139,10 @@ def test_bad_arguments():
         nc.kernel_matrix(ARCH, torch.randn(3, 4))
     with pytest.raises(ValueError, match="kernel must be one of"):
         nc.kernel_matrix(ARCH, images(2, 5), kernel="ntkk")
+    with pytest.raises(TypeError, match="by_layer must be True or False"):
+        nc.kernel_matrix(ARCH, images(2, 5), by_layer=1)
+    with pytest.raises(ValueError, match="kernel='nngp' keeps no NTK"):
+        nc.kernel_matrix(ARCH, images(2, 5), kernel="nngp", by_layer=True)
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
@@ -126,7 +162,7 @@ def test_shards_split_the_tiles_and_kernel_matrix_assembles_them(tmp_path, monke
 
 @pytest.mark.parametrize(("n", "tile", "count"), [(10, 3, 4), (50, 7, 3), (6, 2, 8)])
 def test_shares_partition_the_tiles_balanced_by_pairs(n, tile, count):
-    tiles = _tiles(ARCH, images(n, 9), None, None, None, tile, "auto", 2**30, "both")
+    tiles = _tiles(ARCH, images(n, 9), None, None, None, tile, "auto", 2**30, "both", False)
     shares = [_share(tiles, (i, count)) for i in range(count)]
     assert sorted(t for s in shares for t in s) == sorted(tiles.corners())
     loads = [sum(tiles.pairs(t) for t in s) for s in shares]
