@@ -187,8 +187,10 @@ class _Architecture:
         h - 1 is layer h's gradient contribution, Sigma^(h-1) carried through the K-dots
         (and patch sums) of the layers above it, zero for a layer that does not train.  It
         is what ``empirical_ntk(net, ..., by_layer=True)`` estimates at finite width.  It
-        runs the torch reference ("compiled" too, not the fused kernel) and each pair
-        carries up to 2 x depth more fields, which ``max_memory`` accounts for.
+        runs the torch reference ("compiled" too, not the fused kernel): the forward pass
+        keeps each layer's K and K-dot (2 x depth more fields per pair, which
+        ``max_memory`` accounts for) and a backward sweep per requested depth gives the
+        terms (``kernels.recursion.layer_terms``).
         Output dtype and device follow the input.
         """
         return self._kernel("ntk", x1, x2, depths, max_memory, progress, backend, by_layer)

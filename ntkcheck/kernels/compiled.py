@@ -95,7 +95,7 @@ def compiled_activation(insist: bool) -> Iterator[Activation]:
     elif insist:
         raise _failed()
 
-    def step(rules: Rules, sigma: torch.Tensor, theta: torch.Tensor, std1: torch.Tensor,
+    def step(rules: Rules, sigma: torch.Tensor, theta: torch.Tensor | None, std1: torch.Tensor,
              std2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if compiled is not None and COMPILE_FAILURE is None:
             try:

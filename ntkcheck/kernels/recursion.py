@@ -9,9 +9,13 @@ fixed), each activation h = 1, 2, ... gives (K, K-dot) from Sigma^(h-1) (the ReL
 
 which is Eq. (9) unrolled for FC and steps 1-4 of the CNTK recursion (Sec. 4) for CNN.  So
 one pass up to the deepest requested depth gives the kernels of every shallower depth.
-Split by layer, Theta carries one field per weight layer below instead of their sum (Eq. 9's
-terms: layer h's is Sigma^(h-1) carried through the K-dots above it), and each layer's K
-becomes a new row instead of being added.
+
+Split by layer (Eq. 9's terms: layer h's is Sigma^(h-1) carried through the K-dots and
+layer rules above it), the pass keeps each activation's K and K-dot instead of Theta, and
+each depth's terms come out of one backward sweep (``layer_terms``): the NTK is linear in
+Theta^(0) and in every K, so layer h's term is readout(G_h * Sigma^(h-1)) with G_h the
+readout's adjoint carried down.  Carrying each term up instead, as one more row of Theta,
+costs a layer rule per term per layer, O(depth^2): 4-7x the plain pass at depth 21.
 
 Sigma^(h)(x, x) at the same position depends on x alone, so it is computed once per input,
 not once per pair.  Pairs are processed in tiles whose working set stays under a byte
@@ -71,26 +75,45 @@ def image_stds(rules: Rules, x: torch.Tensor, activations: int) -> list[torch.Te
 
 
 def activation(
-    rules: Rules, sigma: torch.Tensor, theta: torch.Tensor, std1: torch.Tensor,
+    rules: Rules, sigma: torch.Tensor, theta: torch.Tensor | None, std1: torch.Tensor,
     std2: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(K^(h), K-dot^(h) * Theta^(h-1)) of a tile from Sigma^(h-1), Theta^(h-1) and the two
     sides' stds sqrt(Sigma^(h-1)(x, x)): a layer's elementwise work (``compiled`` fuses it).
-    Split by layer, ``theta`` has a leading dim of one field per layer below."""
+    ``theta=None`` (split by layer): (K^(h), K-dot^(h))."""
     norm = rules.outer(std1, std2)  # sqrt(S_xx) sqrt(S_zz)
     k, kdot = relu_dual(sigma, norm, rules.scale)
-    return k, kdot.mul_(theta) if theta.dim() == kdot.dim() else theta * kdot
+    return k, kdot if theta is None else kdot.mul_(theta)
 
 
 Activation = Callable[
-    [Rules, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    [Rules, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor],
     tuple[torch.Tensor, torch.Tensor],
 ]
 
 
-def _add_layer(theta: torch.Tensor, term: torch.Tensor, by_layer: bool) -> torch.Tensor:
-    """Theta with one more weight layer's term: summed in, or stacked as its own row."""
-    return torch.cat([theta, term[None]]) if by_layer else theta + term
+def layer_terms(rules: Rules, theta0: torch.Tensor, ks: list[torch.Tensor],
+                kdots: list[torch.Tensor], fix_first_last: bool) -> torch.Tensor:
+    """Eq. (9)'s terms, (depth, b1, b2), of the net read out after the activations whose
+    K and K-dot are ``ks`` and ``kdots`` (depth = len(ks) + 1; Theta^(0) = ``theta0``).
+
+    Reverse mode: readout(T) is c sum(T) and the layer rule (identity, or the patch sum,
+    whose shifts come in +-a pairs) is symmetric, so readout(K-dot * layer(T)) =
+    readout(layer(K-dot) * T).  Carried down from the readout, G = K-dot^(L), then
+    G = K-dot^(h) * layer(G) below each layer rule, gives each layer's term as
+    readout(layer(G) * K^(h)) and the first layer's as readout(G * Theta^(0)).  A fixed
+    readout layer's term is zero, as is a fixed first layer's (``theta0`` is zero then).
+    """
+    readout = torch.zeros_like(rules.readout(ks[-1])) if fix_first_last \
+        else rules.readout(ks[-1])
+    terms = [readout]
+    g = kdots[-1]
+    for k, kdot in zip(ks[-2::-1], kdots[-2::-1], strict=True):
+        g = rules.pair_layer(g)  # may return g itself (filter size 1): no in-place below
+        terms.append(rules.readout(g * k))
+        g = g * kdot
+    terms.append(rules.readout(g * theta0))
+    return torch.stack(terms[::-1])
 
 
 def tile_kernels(
@@ -107,24 +130,31 @@ def tile_kernels(
     """NTK and NNGP of every depth in ``depths`` for all pairs of one tile, in one pass;
     ``step`` computes each layer's activation (``activation``, or it compiled).  With
     ``by_layer`` each depth d's NTK is (d, b1, b2), row h - 1 the term of weight layer h
-    (zero for a fixed layer); the rows sum to the NTK."""
+    (zero for a fixed layer; ``layer_terms``); the rows sum to the NTK."""
     deepest = max(depths)
     sigma = rules.input_cov(x1, x2)
-    theta = torch.zeros_like(sigma) if fix_first_last else sigma
-    if by_layer:
-        theta = theta[None]
+    theta0 = torch.zeros_like(sigma) if fix_first_last else sigma
+    theta: torch.Tensor | None = None if by_layer else theta0  # by layer: K-dots are kept
+    ks: list[torch.Tensor] = []
+    kdots: list[torch.Tensor] = []
     found = {}
     if 1 in depths:  # FC depth 1 is the linear model: both kernels are x.x'
-        found[1] = Kernels(rules.readout(theta), rules.readout(sigma))
+        ntk = rules.readout(theta0)
+        found[1] = Kernels(ntk[None] if by_layer else ntk, rules.readout(sigma))
     for h in range(1, deepest):
         k, propagated = step(rules, sigma, theta, stds1[h - 1], stds2[h - 1])
+        if theta is None:
+            ks.append(k)
+            kdots.append(propagated)
         if h + 1 in depths:  # the readout is linear: NTK = readout(propagated) + readout(K)
             nngp = rules.readout(k)
-            last = torch.zeros_like(nngp) if fix_first_last else nngp
-            found[h + 1] = Kernels(_add_layer(rules.readout(propagated), last, by_layer), nngp)
+            found[h + 1] = Kernels(
+                layer_terms(rules, theta0, ks, kdots, fix_first_last) if theta is None
+                else rules.readout(propagated) + (0 if fix_first_last else nngp), nngp)
         if h + 1 < deepest:
             sigma = rules.pair_layer(k)
-            theta = rules.pair_layer(_add_layer(propagated, k, by_layer))
+            if theta is not None:
+                theta = rules.pair_layer(propagated + k)
     return found
 
 
