@@ -186,7 +186,7 @@ def kernels(
     ``step`` is each layer's activation and ``by_layer`` splits each depth d's NTK into its
     (d, n1, n2) layer terms (see ``tile_kernels``).
     """
-    # split by layer, Theta holds up to one field per layer, twice while a layer rule runs
+    # split by layer, the K and K-dot of every activation are kept for the backward sweep
     fields = LIVE_FIELDS + (2 * max(depths) if by_layer else 0)
     pair_bytes = rules.field_numel(tuple(x1.shape)) * x1.element_size() * fields
     if pair_bytes > max_memory:
