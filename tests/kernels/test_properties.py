@@ -86,6 +86,23 @@ def test_each_layers_term_is_a_kernel_and_they_sum_to_the_ntk(case):
             assert torch.all(gram == 0)
 
 
+@given(arch_and_inputs())
+def test_a_layers_term_is_the_same_whichever_others_train(case):
+    """Eq. (9)'s term h is what training layer h alone adds, so it does not depend on which
+    other layers train: the NTK with the first and last layers fixed is the trained net's
+    middle terms (a path of its own: Theta^(0) = 0 and no readout K), and the readout's term
+    is the NNGP kernel (training only the readout is the NNGP's regression); cross too."""
+    arch, x1, x2 = case
+    trained = dataclasses.replace(arch, fix_first_last=False)
+    terms = trained.ntk(x1, x2, by_layer=True)
+    scale = terms.abs().sum(0).max()
+    assert_close(terms[-1], trained.nngp(x1, x2), scale)
+    if arch.depth >= 3:
+        fixed = dataclasses.replace(arch, fix_first_last=True)
+        assert_close(fixed.ntk(x1, x2), terms[1:-1].sum(0), scale)
+        assert_close(fixed.ntk(x1, x2, by_layer=True)[1:-1], terms[1:-1], scale)
+
+
 @given(arch_and_inputs(), st.floats(0.05, 20), st.floats(0.05, 20))
 def test_relu_homogeneity(case, a, b):
     arch, x1, x2 = case
