@@ -219,6 +219,19 @@ def test_shards_on_cuda_float32_assemble_to_the_fused_kernel(tmp_path):
         torch.testing.assert_close(got[d].ntk, want[d].cpu(), rtol=1e-6, atol=0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_split_by_layer_on_cuda_float32_is_the_reference_there():
+    """CUDA float32 inputs split by layer: the torch reference on the GPU, no fused check."""
+    x = images(5, 16).to("cuda", torch.float32)
+    got = nc.kernel_matrix(ARCH, x, depths=(3, 4), tile=2, progress=False, kernel="ntk",
+                           by_layer=True)
+    want = ARCH.ntk(x.double(), depths=(3, 4), by_layer=True)
+    for d in (3, 4):
+        assert got[d].shape == (d, 5, 5) and got[d].dtype == torch.float32
+        torch.testing.assert_close(got[d].double(), want[d].cpu(), rtol=1e-4, atol=1e-6)
+
+
 def test_a_folder_is_claimed_where_hard_links_fail(tmp_path, monkeypatch):
     def no_links(*args):
         raise PermissionError("hard links are not supported here")
