@@ -15,7 +15,8 @@ layer rules above it), the pass keeps each activation's K and K-dot instead of T
 each depth's terms come out of one backward sweep (``layer_terms``): the NTK is linear in
 Theta^(0) and in every K, so layer h's term is readout(G_h * Sigma^(h-1)) with G_h the
 readout's adjoint carried down.  Carrying each term up instead, as one more row of Theta,
-costs a layer rule per term per layer, O(depth^2): 4-7x the plain pass at depth 21.
+costs a layer rule per term per layer, O(depth^2): 3.7-9x the whole NTK at depth 21 on the
+CPU, against 1.4-1.7x this way (``benchmarks/results/cpu_versions_by_layer.json``).
 
 Sigma^(h)(x, x) at the same position depends on x alone, so it is computed once per input,
 not once per pair.  Pairs are processed in tiles whose working set stays under a byte
@@ -94,19 +95,18 @@ Activation = Callable[
 
 def layer_terms(rules: Rules, theta0: torch.Tensor, ks: list[torch.Tensor],
                 kdots: list[torch.Tensor], fix_first_last: bool) -> torch.Tensor:
-    """Eq. (9)'s terms, (depth, b1, b2), of the net read out after the activations whose
-    K and K-dot are ``ks`` and ``kdots`` (depth = len(ks) + 1; Theta^(0) = ``theta0``).
+    """Eq. (9)'s terms, (L, b1, b2), of the depth-L net read out after the activations
+    h = 1 .. L-1 whose K^(h) and K-dot^(h) are ``ks`` and ``kdots`` (Theta^(0) = ``theta0``).
 
     Reverse mode: readout(T) is c sum(T) and the layer rule (identity, or the patch sum,
     whose shifts come in +-a pairs) is symmetric, so readout(K-dot * layer(T)) =
-    readout(layer(K-dot) * T).  Carried down from the readout, G = K-dot^(L), then
-    G = K-dot^(h) * layer(G) below each layer rule, gives each layer's term as
-    readout(layer(G) * K^(h)) and the first layer's as readout(G * Theta^(0)).  A fixed
-    readout layer's term is zero, as is a fixed first layer's (``theta0`` is zero then).
+    readout(layer(K-dot) * T).  With G_(L-1) = K-dot^(L-1) and G_h = K-dot^(h) *
+    layer(G_(h+1)) carried down, the readout layer's term is readout(K^(L-1)), layer
+    h + 1's is readout(layer(G_(h+1)) * K^(h)) and layer 1's readout(G_1 * Theta^(0)).  A
+    fixed readout layer's term is zero, as is a fixed first layer's (``theta0`` is zero).
     """
-    readout = torch.zeros_like(rules.readout(ks[-1])) if fix_first_last \
-        else rules.readout(ks[-1])
-    terms = [readout]
+    last = rules.readout(ks[-1])
+    terms = [torch.zeros_like(last) if fix_first_last else last]
     g = kdots[-1]
     for k, kdot in zip(ks[-2::-1], kdots[-2::-1], strict=True):
         g = rules.pair_layer(g)  # may return g itself (filter size 1): no in-place below
