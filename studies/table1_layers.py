@@ -14,7 +14,9 @@ kernels in ``--dtype`` on the CPU, regressions in float64 with no ridge (the sma
 ridge that solves, recorded, if a kernel is singular).  Per depth L, one row per kernel:
 ``all`` (the Table 1 cell), ``fixed first and last`` (layers 2..L-1), each layer alone
 (``layer h``; layer L alone is the NNGP), and the top layers only (``layers h..L``).
-Columns: the accuracy, the predictions that differ from ``all``'s, the ridge, and how
+Columns: the accuracy; its difference from ``all``'s with the paired standard error
+(from the test images right with one kernel only, as ``table1_jpeg_effect.py``); the
+predictions that differ from ``all``'s; the ridge; and how
 near the kernel is to a constant one: its mean off-diagonal training entry over its mean
 diagonal one (every layer's term has the same diagonal here, as FC's are all |x|^2).
 Writes DIR/layers.csv, layers.md and layers.png; ``--work`` keeps the kernel tiles, so a
@@ -35,8 +37,8 @@ import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
 from ntkcheck.studies.table1 import label_targets
 
-FIELDS = ("depth", "kernel", "layers", "accuracy", "changed_vs_all", "ridge",
-          "offdiagonal_ratio")
+FIELDS = ("depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
+          "changed_vs_all", "ridge", "offdiagonal_ratio")
 
 
 def subsets(depth: int) -> list[tuple[str, list[int]]]:
@@ -68,15 +70,20 @@ def rows_of_depth(depth: int, train: torch.Tensor, test: torch.Tensor, labels: n
     targets = label_targets(labels)
     rows: list[dict[str, object]] = []
     first: np.ndarray | None = None
+    n = len(test_labels)
     for name, layers in subsets(depth):
         rows_of = torch.tensor([h - 1 for h in layers])
         k = train[rows_of].sum(0).double()
         model = KernelRegression(ridge="auto").fit(k, targets)
         predicted = model.predict(test[rows_of].sum(0).double()).argmax(1).numpy()
         first = predicted if first is None else first
+        right, right_all = predicted == test_labels, first == test_labels
+        only, only_all = int((right & ~right_all).sum()), int((~right & right_all).sum())
         rows.append({
             "depth": depth, "kernel": name, "layers": span(layers),
-            "accuracy": f"{100 * float(np.mean(predicted == test_labels)):.2f}",
+            "accuracy": f"{100 * float(np.mean(right)):.2f}",
+            "minus_all": f"{100 * (only - only_all) / n:+.2f}",
+            "standard_error": f"{100 * (only + only_all) ** 0.5 / n:.2f}",
             "changed_vs_all": int((predicted != first).sum()),
             "ridge": f"{model.ridge_:.3g}",
             "offdiagonal_ratio": f"{offdiagonal_ratio(k):.4f}",
@@ -115,8 +122,8 @@ def figure(rows: list[dict[str, object]], path: Path, title: str) -> None:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| depth | kernel | layers | accuracy (%) | changed vs all | ridge | "
-             "off-diag / diag |", "|---|---|---|---|---|---|---|"]
+    lines = ["| depth | kernel | layers | accuracy (%) | minus all | standard error | "
+             "changed vs all | ridge | off-diag / diag |", "|---|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -46,6 +46,10 @@ def test_each_row_regresses_with_its_layers_terms_alone():
         got = predicted(train[mine].sum(0), test[mine].sum(0), labels)
         assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", name
         assert row["changed_vs_all"] == int((got != base).sum()), name
+        minus = 100 * (np.mean(got == test_labels) - np.mean(base == test_labels))
+        assert float(row["minus_all"]) == pytest.approx(minus, abs=0.006), name
+        discordant = ((got == test_labels) != (base == test_labels)).sum()
+        assert row["standard_error"] == f"{100 * discordant ** 0.5 / m:.2f}", name
         assert row["ridge"] == "0"
     assert float(rows["layer 3"]["accuracy"]) > float(rows["layer 1"]["accuracy"]) + 30
     assert rows["fixed first and last"]["layers"] == "2-3"
