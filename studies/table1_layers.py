@@ -164,8 +164,8 @@ def main() -> None:
                f"{len(test_labels)} test images")
     (args.out / "layers.md").write_text(
         f"# {setting}\n\nKernels in {args.dtype} on the CPU ({torch.get_num_threads()} "
-        f"threads, {seconds:.0f} s of kernels, tiles resumed from --work not counted "
-        f"apart), regressions in float64.\n\n" + table(rows))
+        f"threads; {seconds:.0f} s for the kernels in this run, where tiles already in "
+        f"--work are loaded, not computed), regressions in float64.\n\n" + table(rows))
     figure(rows, args.out / "layers.png", setting)
     print(f"wrote {args.out}/layers.csv, layers.md and layers.png")
 
