@@ -143,6 +143,8 @@ def test_bad_arguments():
         nc.kernel_matrix(ARCH, images(2, 5), by_layer=1)
     with pytest.raises(ValueError, match="kernel='nngp' keeps no NTK"):
         nc.kernel_matrix(ARCH, images(2, 5), kernel="nngp", by_layer=True)
+    with pytest.raises(ValueError, match="'triton' cannot split the NTK by layer"):
+        nc.kernel_matrix(ARCH, images(2, 5), backend="triton", by_layer=True)
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
