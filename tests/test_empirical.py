@@ -96,6 +96,21 @@ def test_by_layer_equals_brute_force_over_each_layer(arch, shape, implementation
         close(got, expected.diagonal(dim1=3, dim2=4).mean(-1))
 
 
+@pytest.mark.parametrize("arch,shape", ARCHS[::2], ids=repr)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_net_training_some_layers_has_their_terms_as_its_ntk(arch, shape, implementation):
+    """Freezing weight layers (requires_grad=False) leaves the other layers' terms: the
+    empirical NTK of a net that trains only the layers S is the sum of by_layer's rows S."""
+    net = arch.network(5, shape, seed=5, dtype=torch.float64)
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(6),
+                    dtype=torch.float64)
+    terms = nc.empirical_ntk(net, x, by_layer=True, implementation=implementation)
+    for kept in ([1], [0, 2], [2]):
+        for i, layer in enumerate(net.weight_layers()):
+            layer.weight.requires_grad_(i in kept)
+        close(nc.empirical_ntk(net, x, implementation=implementation), terms[kept].sum(0))
+
+
 @pytest.mark.parametrize("form", [0, 1], ids=["gradient", "patch-correlation"])
 def test_both_convolution_forms_are_exact(monkeypatch, form):
     monkeypatch.setattr(Conv, "_forms", lambda self, *a: (form, 1 - form))
