@@ -99,7 +99,7 @@ def figure(rows: list[dict[str, object]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for depth in sorted({int(r["depth"]) for r in rows}):  # type: ignore[call-overload]
+    for depth in sorted({int(str(r["depth"])) for r in rows}):
         mine = [r for r in rows if r["depth"] == depth]
         alone = [(int(str(r["layers"])), float(str(r["accuracy"]))) for r in mine
                  if str(r["kernel"]).startswith("layer ")]
