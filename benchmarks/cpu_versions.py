@@ -22,14 +22,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from cpu_kernels import SIZES, inputs, machine, versions, write
+from cpu_kernels import SIZES, inputs, machine, spread, versions, wall_seconds, write
 
 import ntkcheck as nc
 
@@ -79,15 +78,14 @@ def compare(
     for repeat in range(repeats):
         shift = repeat % len(turns)  # none always first
         for name, run in turns[shift:] + turns[:shift]:
-            start = time.perf_counter()
-            run(x1, x2)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(wall_seconds(functools.partial(run, x1, x2)))
     row: dict[str, object] = {"kernel": kernel, "depth": depth,
                               "dtype": str(dtype).removeprefix("torch."),
                               "pairs": n1 * n2, "repeats": repeats}
     for name, runs in seconds.items():
-        row[f"{name}_us_per_pair"] = round(min(runs) / (n1 * n2) * 1e6, 3)
-        row[f"{name}_us_per_pair_median"] = round(float(np.median(runs)) / (n1 * n2) * 1e6, 3)
+        best, median = spread(runs)
+        row[f"{name}_us_per_pair"] = round(best / (n1 * n2) * 1e6, 3)
+        row[f"{name}_us_per_pair_median"] = round(median / (n1 * n2) * 1e6, 3)
     row["speedup_median"] = round(float(np.median(seconds["base"]) / np.median(seconds["this"])), 2)
     if by_layer:
         row["this_over_whole_median"] = round(

@@ -103,10 +103,7 @@ class _Architecture:
         check_bool("by_layer", by_layer)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-        if by_layer and backend == "triton":
-            raise ValueError("backend='triton' cannot split the NTK by layer (the fused kernel "
-                             "carries only the sum); use backend='torch' or 'compiled'")
-        if not by_layer and self._use_fused(x1, backend):
+        if self._use_fused(x1, backend, by_layer):
             return self._fused(x1, x2, depths, max_memory, progress)
         rules = self._rules()
         steps: AbstractContextManager[Activation] = nullcontext(activation)
@@ -120,10 +117,14 @@ class _Architecture:
                 progress=progress, step=step, by_layer=by_layer,
             )
 
-    def _use_fused(self, x: torch.Tensor, backend: Backend) -> bool:
+    def _use_fused(self, x: torch.Tensor, backend: Backend, by_layer: bool) -> bool:
         """"auto" takes the fused kernel for the CUDA float32 CNN inputs it supports and
-        says so when it has to fall back; "triton" insists (an error names what is missing)."""
-        if backend in ("torch", "compiled"):
+        says so when it has to fall back; "triton" insists (an error names what is missing).
+        Split by layer, it never does: the fused kernel carries only the NTK's sum."""
+        if by_layer and backend == "triton":
+            raise ValueError("backend='triton' cannot split the NTK by layer (the fused kernel "
+                             "carries only the sum); use backend='torch' or 'compiled'")
+        if by_layer or backend in ("torch", "compiled"):
             return False
         reason = self._fused_unsupported(x)
         if backend == "triton":

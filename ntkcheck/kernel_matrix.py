@@ -142,11 +142,9 @@ def _check_fused(tiles: _Tiles) -> None:
     kernels; a RuntimeError past ``FUSED_TOLERANCE``, rather than hours of wrong tiles (a
     new GPU, driver or Triton can break a kernel that compiles).  About the cost of four
     pairs."""
-    if tiles.by_layer:  # the fused kernel does not split by layer, so it computes no tile
-        return
     with warnings.catch_warnings():  # a fallback warns when the tiles are computed
         warnings.simplefilter("ignore")
-        if not tiles.arch._use_fused(tiles.x1, tiles.backend):
+        if not tiles.arch._use_fused(tiles.x1, tiles.backend, tiles.by_layer):
             return
     a = tiles.x1[:2]
     b = None if tiles.x2 is None else tiles.x2[:2]

@@ -29,6 +29,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import kernel_regression
+from ntkcheck.studies.convergence_report import log_log_slope
 from ntkcheck.training import max_stable_lr, train
 
 LOSS_TOLERANCE = 1e-8
@@ -67,11 +68,6 @@ def trained_on(arch: nc.FC, width: int, seed: int, layers: list[int], x: torch.T
         return f0, net(both), history.steps[-1]
 
 
-def slope(widths: list[int], errors: list[float]) -> float:
-    """Least-squares slope of log error against log width."""
-    return float(np.polyfit(np.log(widths), np.log(errors), 1)[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
@@ -105,7 +101,7 @@ def main() -> None:
         means = [float(np.mean([r["error_own"] for r in mine if r["width"] == w]))
                  for w in widths]
         fits.append({"trained": layers, "mean_error_own": means,
-                     "slope_own": round(slope(widths, means), 3),
+                     "slope_own": round(log_log_slope(widths, means), 3),
                      "own_below_whole": None if layers == everything else sum(
                          r["error_own"] < r["error_whole"] for r in mine),
                      "runs": len(mine)})

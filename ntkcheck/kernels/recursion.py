@@ -94,19 +94,19 @@ Activation = Callable[
 
 
 def layer_terms(rules: Rules, theta0: torch.Tensor, ks: list[torch.Tensor],
-                kdots: list[torch.Tensor], fix_first_last: bool) -> torch.Tensor:
+                kdots: list[torch.Tensor], last: torch.Tensor) -> torch.Tensor:
     """Eq. (9)'s terms, (L, b1, b2), of the depth-L net read out after the activations
-    h = 1 .. L-1 whose K^(h) and K-dot^(h) are ``ks`` and ``kdots`` (Theta^(0) = ``theta0``).
+    h = 1 .. L-1 whose K^(h) and K-dot^(h) are ``ks`` and ``kdots`` (Theta^(0) = ``theta0``;
+    ``last``, the readout layer's term, readout(K^(L-1)) or zero when it is fixed).
 
     Reverse mode: readout(T) is c sum(T) and the layer rule (identity, or the patch sum,
     whose shifts come in +-a pairs) is symmetric, so readout(K-dot * layer(T)) =
     readout(layer(K-dot) * T).  With G_(L-1) = K-dot^(L-1) and G_h = K-dot^(h) *
     layer(G_(h+1)) carried down, the readout layer's term is readout(K^(L-1)), layer
-    h + 1's is readout(layer(G_(h+1)) * K^(h)) and layer 1's readout(G_1 * Theta^(0)).  A
-    fixed readout layer's term is zero, as is a fixed first layer's (``theta0`` is zero).
+    h + 1's is readout(layer(G_(h+1)) * K^(h)) and layer 1's readout(G_1 * Theta^(0)), zero
+    when the first layer is fixed (``theta0`` is zero then).
     """
-    last = rules.readout(ks[-1])
-    terms = [torch.zeros_like(last) if fix_first_last else last]
+    terms = [last]
     g = kdots[-1]
     for k, kdot in zip(ks[-2::-1], kdots[-2::-1], strict=True):
         g = rules.pair_layer(g)  # may return g itself (filter size 1): no in-place below
@@ -148,9 +148,10 @@ def tile_kernels(
             kdots.append(propagated)
         if h + 1 in depths:  # the readout is linear: NTK = readout(propagated) + readout(K)
             nngp = rules.readout(k)
+            last = torch.zeros_like(nngp) if fix_first_last else nngp
             found[h + 1] = Kernels(
-                layer_terms(rules, theta0, ks, kdots, fix_first_last) if theta is None
-                else rules.readout(propagated) + (0 if fix_first_last else nngp), nngp)
+                layer_terms(rules, theta0, ks, kdots, last) if theta is None
+                else rules.readout(propagated) + last, nngp)
         if h + 1 < deepest:
             sigma = rules.pair_layer(k)
             if theta is not None:

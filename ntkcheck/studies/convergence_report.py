@@ -38,8 +38,10 @@ def _groups(rows: Sequence[dict[str, object]], study: str):
     return groups
 
 
-def _slope(widths: np.ndarray, means: np.ndarray) -> float:
-    return float(np.polyfit(np.log(widths), np.log(means), 1)[0])
+def log_log_slope(widths: Sequence[float] | np.ndarray,
+                  values: Sequence[float] | np.ndarray) -> float:
+    """Least-squares slope of log value against log width."""
+    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
 
 
 def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[dict]:
@@ -54,8 +56,8 @@ def fits(study: str, rows: Sequence[dict[str, object]], seed: int = 0) -> list[d
         if len(widths) < 2:
             continue
         samples = [np.array(by_width[int(w)]) for w in widths]
-        slope = _slope(widths, np.array([s.mean() for s in samples]))
-        boot = [_slope(widths, np.array([rng.choice(s, len(s)).mean() for s in samples]))
+        slope = log_log_slope(widths, [s.mean() for s in samples])
+        boot = [log_log_slope(widths, [rng.choice(s, len(s)).mean() for s in samples])
                 for _ in range(BOOTSTRAP)]
         fit = {"arch": arch, "depth": depth, "metric": metric, "slope": round(slope, 4),
                "slope_ci": [round(float(q), 4) for q in np.percentile(boot, [2.5, 97.5])],
