@@ -28,6 +28,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CASES = {
     "fc_d3_w2048_n256": (nc.FC(depth=3), 2048, (784,), 256),
     "cnn_gap_d6_w128_n64": (nc.CNN(depth=6, pooling="gap"), 128, (3, 32, 32), 64),
+    # more samples than 1 GiB of Jacobians holds: the panels of held Jacobians at work
+    "cnn_gap_d6_w128_n512": (nc.CNN(depth=6, pooling="gap"), 128, (3, 32, 32), 512),
 }
 IMPLEMENTATIONS = ("jacobian", "ntk-vp", "structured")
 SMALL = 8

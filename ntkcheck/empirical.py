@@ -24,7 +24,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -40,8 +40,18 @@ IMPLEMENTATIONS = ("auto", "jacobian", "ntk-vp", "structured")
 
 log = logging.getLogger(__name__)
 
-Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(b1, b2) samples -> (groups, b1, b2, k, k): each parameter group's sum of J1 J2^T."""
+Features = Any
+"""What an implementation computes per sample before pairing samples: a tensor, or lists
+and tuples of tensors, with the samples along the first dimension of each."""
+
+
+class _Method(NamedTuple):
+    """An implementation as two steps: ``features`` of a batch of samples, and ``pair``, two
+    batches' features -> (groups, b1, b2, k, k), each parameter group's sum of J1 J2^T."""
+
+    features: Callable[[torch.Tensor], Features]
+    pair: Callable[[Features, Features], torch.Tensor]
+
 
 Groups = list[list[str]]
 """Names of the trainable parameters whose terms are summed together, per group."""
@@ -138,31 +148,37 @@ def _structured_layers(net: nn.Module) -> list[Dense | Conv]:
 
 
 def choose_implementation(
-    net: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None
+    net: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None, *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> tuple[str, dict[str, float]]:
     """The implementation ``"auto"`` takes, and the estimated flops of each candidate
-    (``"structured"`` only for ntkcheck's nets)."""
-    return _choose(net, len(x1), len(x1) if x2 is None else len(x2), _outputs(net, x1),
-                   _Profile(net, x1))
+    (``"structured"`` only for ntkcheck's nets); ``max_memory`` sets how often features are
+    recomputed."""
+    return _choose(net, len(x1), len(x1) if x2 is None else len(x2), x2 is None,
+                   _outputs(net, x1), _Profile(net, x1), x1.element_size(), max_memory)
 
 
-def _choose(net: nn.Module, n1: int, n2: int, k: int, prof: _Profile
-            ) -> tuple[str, dict[str, float]]:
+def _choose(net: nn.Module, n1: int, n2: int, gram: bool, k: int, prof: _Profile,
+            element: int, max_memory: int) -> tuple[str, dict[str, float]]:
     f, p = prof.flops, prof.params
+
+    def passes(name: str) -> int:
+        return _feature_passes(n1, n2, gram, _sizes(name, prof, k, element, max_memory).panel)
+
     costs = {
-        # k reverse passes per sample (each ~2 forwards), then J1 J2^T
-        "jacobian": 3.0 * f * k * (n1 + n2) + 2.0 * n1 * n2 * k * k * p,
+        # k reverse passes per sample computed (each ~2 forwards), then J1 J2^T
+        "jacobian": 3.0 * f * k * passes("jacobian") + 2.0 * n1 * n2 * k * k * p,
         # a jvp of f(x1) (~3 forwards per sample) per output column of x2
         "ntk-vp": 3.0 * f * k * n1 * n2 + 3.0 * f * k * n2,
     }
     if isinstance(net, Network):
         layers = _structured_layers(net)
-        costs["structured"] = (1.0 + 2.0 * k) * f * (n1 + n2) + sum(
+        costs["structured"] = (1.0 + 2.0 * k) * f * passes("structured") + sum(
             m.ntk_flops(n1, n2, k, prof.layer_inputs[m]) for m in layers)
     return min(costs, key=costs.__getitem__), costs
 
 
-def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> Block:
+def _jacobian_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> _Method:
     f = _flat_outputs(net, params)
 
     def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -175,19 +191,17 @@ def _jacobian_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Gro
         none = x.new_zeros(len(x), next(iter(flat.values())).shape[1], 0)
         return [torch.cat([none] + [flat[n] for n in names], -1) for names in groups]
 
-    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        j1 = jacobians(x1)
-        j2 = j1 if x2 is x1 else jacobians(x2)
+    def pair(j1: list[torch.Tensor], j2: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([torch.einsum("ikp,jlp->ijkl", a, b)
                             for a, b in zip(j1, j2, strict=True)])
 
-    return block
+    return _Method(jacobians, pair)
 
 
-def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> Block:
+def _ntk_vp_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> _Method:
     f = _flat_outputs(net, params)
 
-    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    def pair(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         # torch.func.vjp's annotation also allows the has_aux triple
         out, pull = vjp(lambda p: f(p, x2), params)[:2]
         b2, k = out.shape
@@ -210,10 +224,10 @@ def _ntk_vp_block(net: nn.Module, params: dict[str, torch.Tensor], groups: Group
 
         return torch.stack([term(names) for names in groups])
 
-    return block
+    return _Method(lambda x: x, pair)  # its "features" are the inputs themselves
 
 
-def _structured_block(net: Network, by_layer: bool) -> Block:
+def _structured_method(net: Network, by_layer: bool) -> _Method:
     layers = _structured_layers(net)
 
     def inputs_and_deltas(x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -236,22 +250,21 @@ def _structured_block(net: Network, by_layer: bool) -> Block:
         stacked = [torch.stack([d[i] for d in deltas], 1) for i in range(len(layers))]
         return [seen[m][0] for m in layers], stacked
 
-    def block(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        a1, d1 = inputs_and_deltas(x1)
-        a2, d2 = (a1, d1) if x2 is x1 else inputs_and_deltas(x2)
+    def pair(f1: Features, f2: Features) -> torch.Tensor:
+        (a1, d1), (a2, d2) = f1, f2
         terms = {m: m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers)}
         if not by_layer:
             return functools.reduce(torch.add, terms.values())[None]
         zero = torch.zeros_like(next(iter(terms.values())))  # a frozen layer's term
         return torch.stack([terms.get(m, zero) for m in net.weight_layers()])
 
-    return block
+    return _Method(inputs_and_deltas, pair)
 
 
 def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> int:
-    """Samples per chunk so that a block's working set stays within ``max_memory``."""
-    if name == "jacobian":  # two chunks of Jacobians and their reverse passes
-        per_sample = 2 * k * (prof.params + 2 * prof.activations) * element
+    """Samples per chunk so that the work on one chunk stays within ``max_memory``."""
+    if name == "jacobian":  # a chunk of Jacobians and their reverse passes
+        per_sample = k * (prof.params + 2 * prof.activations) * element
         return max(1, max_memory // per_sample)
     if name == "ntk-vp":  # b k parameter-sized vectors, b^2 k jvp activations
         a, b_ = 2 * k * prof.activations * element, k * prof.params * element
@@ -271,6 +284,87 @@ def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> 
     return size
 
 
+class _Sizes(NamedTuple):
+    chunk: int
+    """Samples whose features are computed at once, and columns paired at once."""
+    panel: int
+    """Rows whose features are held while the column chunks pass (a multiple of chunk)."""
+    pair_rows: int
+    """Rows of the panel paired with a column chunk at once."""
+
+
+def _sizes(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> _Sizes:
+    """Half of ``max_memory`` holds a panel of rows' features (Jacobians: k P per sample;
+    structured: the layer inputs and k deltas), the other half the work on a column chunk.
+    Every row's features are then computed once, and the columns' once per panel.  ntk-vp
+    has nothing worth holding (its features are the inputs): its chunks take it all."""
+    if name == "ntk-vp":
+        chunk = _chunk(name, prof, k, element, max_memory)
+        return _Sizes(chunk, chunk, chunk)
+    chunk = _chunk(name, prof, k, element, max_memory // 2)
+    held = k * prof.params if name == "jacobian" else (1 + k) * prof.activations
+    panel = max(chunk, max_memory // 2 // (held * element) // chunk * chunk)
+    # a Jacobian panel is paired at once (one product); structured pairs keep the chunk's
+    # bound on their (b1, b2, positions^2) patch correlations
+    return _Sizes(chunk, panel, panel if name == "jacobian" else chunk)
+
+
+def _feature_passes(n1: int, n2: int, gram: bool, panel: int) -> int:
+    """Samples whose features a matrix computes: every row once, and the columns once per
+    panel of rows (a Gram's columns from the end of the panel on: the rest are held)."""
+    ends = [min(start + panel, n1) for start in range(0, n1, panel)]
+    return n1 + sum(n2 - end if gram else n2 for end in ends)
+
+
+def _map(fn: Callable[[torch.Tensor], torch.Tensor], features: Features) -> Features:
+    if isinstance(features, torch.Tensor):
+        return fn(features)
+    return type(features)(_map(fn, f) for f in features)
+
+
+def _take(features: Features, part: slice) -> Features:
+    return _map(lambda t: t[part], features)
+
+
+def _leaves(features: Features) -> list[torch.Tensor]:
+    if isinstance(features, torch.Tensor):
+        return [features]
+    return [t for f in features for t in _leaves(f)]
+
+
+def _features_of(method: _Method, x: torch.Tensor, chunk: int) -> Features:
+    """``method.features`` of every sample of ``x``, computed ``chunk`` samples at a time
+    into one batch (filled in place: no second copy of the whole)."""
+    held: Features = None
+    for start in range(0, len(x), chunk):
+        part = method.features(x[start:start + chunk])
+        if held is None:
+            held = _map(lambda t: t.new_empty(len(x), *t.shape[1:]), part)
+        for whole, piece in zip(_leaves(held), _leaves(part), strict=True):
+            whole[start:start + len(piece)] = piece.detach()
+    return held
+
+
+def _mirror_upper(out: torch.Tensor, step: int) -> None:
+    """Fill a Gram matrix (groups, n, n, k, k) below its diagonal from above it,
+    H(x_j, x_i) = H(x_i, x_j)^T over the outputs (a diagonal entry's k x k block too),
+    ``step`` rows at a time: exactly symmetric, as an (n k) x (n k) matrix, whatever the
+    rounding of the entries computed."""
+    n, k = out.shape[1], out.shape[3]
+    step = max(1, min(step, n))
+    ones = torch.ones(step, step, dtype=torch.bool, device=out.device)
+    diagonal = (ones.tril(0) & ones.triu(0))[:, :, None, None]
+    within = torch.ones(k, k, dtype=torch.bool, device=out.device).tril(-1)  # outputs
+    below = ones.tril(-1)[:, :, None, None] | (diagonal & within)
+    for start in range(0, n, step):
+        end = min(start + step, n)
+        out[:, start:end, :start] = out[:, :start, start:end].transpose(1, 2).transpose(3, 4)
+        block = out[:, start:end, start:end]
+        mirrored = block.transpose(1, 2).transpose(3, 4)
+        out[:, start:end, start:end] = torch.where(below[:end - start, :end - start],
+                                                   mirrored, block)
+
+
 def empirical_ntk(
     net: nn.Module,
     x1: torch.Tensor,
@@ -284,7 +378,7 @@ def empirical_ntk(
     """The empirical NTK H(x1_i, x2_j) = sum over trainable parameters of
     df(x1_i)/dtheta df(x2_j)/dtheta (Eq. 2 of the paper at finite width).
 
-    ``x2=None`` means x1 (a Gram matrix: only chunks on and above the diagonal are computed,
+    ``x2=None`` means x1 (a Gram matrix: only blocks on and above the diagonal are computed,
     then mirrored).  Returns (n1, n2), or (n1, n2, k, k) for a k-output net with
     ``full_outputs=True``; without it a k-output net gives the mean of the diagonal output
     blocks.  ``implementation``: see the module docstring; "jacobian" and "ntk-vp" take any
@@ -292,8 +386,10 @@ def empirical_ntk(
     nets.  ``by_layer=True`` adds a leading dim with one term per module that owns
     parameters, in the net's order, the rows summing to the whole: for ntkcheck's nets
     (depth, ...), row h - 1 the sum over weight layer h's parameters, zero for a frozen
-    layer; its limit is ``arch.ntk(..., by_layer=True)``.  ``max_memory`` (bytes) sizes the
-    sample chunks.
+    layer; its limit is ``arch.ntk(..., by_layer=True)``.  ``max_memory`` (bytes) bounds the
+    working set: half of it holds the features (e.g. Jacobians) of a panel of rows, computed
+    once, while the columns pass in chunks through the other half; a budget that holds
+    every row's computes each sample's features once for a Gram, twice for a cross matrix.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; "
@@ -312,20 +408,29 @@ def empirical_ntk(
     profile = _Profile(net, x1)
     name: str = implementation
     if name == "auto":
-        name, costs = _choose(net, len(x1), len(z), k, profile)
+        name, costs = _choose(net, len(x1), len(z), x2 is None, k, profile,
+                              x1.element_size(), max_memory)
         log.debug("empirical_ntk: %s (estimated flops %s)", name, costs)
-    block = {"jacobian": lambda: _jacobian_block(net, params, groups),
-             "ntk-vp": lambda: _ntk_vp_block(net, params, groups),
-             "structured": lambda: _structured_block(net, by_layer)  # type: ignore[arg-type]
-             }[name]()
-    size = _chunk(name, profile, k, x1.element_size(), max_memory)
+    method = {"jacobian": lambda: _jacobian_method(net, params, groups),
+              "ntk-vp": lambda: _ntk_vp_method(net, params, groups),
+              "structured": lambda: _structured_method(net, by_layer)  # type: ignore[arg-type]
+              }[name]()
+    sizes = _sizes(name, profile, k, x1.element_size(), max_memory)
+    gram = x2 is None
     out = x1.new_zeros(len(groups), len(x1), len(z), k, k)
-    for r in range(0, len(x1), size):
-        for c in range(r if x2 is None else 0, len(z), size):
-            rows, cols = slice(r, r + size), slice(c, c + size)
-            a = x1[rows]
-            out[:, rows, cols] = block(a, a if x2 is None and r == c else z[cols]).detach()
-            if x2 is None and r != c:
-                out[:, cols, rows] = out[:, rows, cols].transpose(1, 2).transpose(3, 4)
+    for r0 in range(0, len(x1), sizes.panel):
+        r1 = min(r0 + sizes.panel, len(x1))
+        held = _features_of(method, x1[r0:r1], sizes.chunk)
+        for c0 in range(r0 if gram else 0, len(z), sizes.chunk):
+            c1 = min(c0 + sizes.chunk, len(z))
+            inside = gram and c0 < r1  # a Gram's columns in the panel: held already
+            cols = _take(held, slice(c0 - r0, c1 - r0)) if inside else method.features(z[c0:c1])
+            last = min(r1, c1) if gram else r1  # a Gram's rows below the columns: mirrored
+            for a0 in range(r0, last, sizes.pair_rows):
+                a1 = min(a0 + sizes.pair_rows, last)
+                rows = _take(held, slice(a0 - r0, a1 - r0))
+                out[:, a0:a1, c0:c1] = method.pair(rows, cols).detach()
+    if gram:
+        _mirror_upper(out, sizes.chunk)
     out = out if by_layer else out[0]
     return out if full_outputs else out.diagonal(dim1=-2, dim2=-1).mean(-1)

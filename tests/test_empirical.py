@@ -149,16 +149,70 @@ def test_auto_picks_structured_for_a_wide_fc_net_and_says_so(caplog):
 
 
 def test_chunks_keep_a_large_cnn_within_the_budget():
-    """1,000 x 1,000 of a width-128 depth-6 CNN on 32x32x3 under 1 GiB: chunks, not all
-    Jacobians at once (sizes only: the computation itself belongs to benchmarks)."""
+    """1,000 x 1,000 of a width-128 depth-6 CNN on 32x32x3 under 1 GiB: the held panel of
+    Jacobians and one chunk's work each within half of it (sizes only: the computation
+    itself belongs to benchmarks)."""
     net = nc.CNN(depth=6, pooling="gap").network(128, (3, 32, 32), seed=0)
     x = torch.zeros(1000, 3, 32, 32)
     profile = empirical._Profile(net, x)
     for name in ("jacobian", "ntk-vp", "structured"):
-        size = empirical._chunk(name, profile, 1, 4, 2**30)
-        assert 1 <= size < 1000
-    jacobian_bytes = empirical._chunk("jacobian", profile, 1, 4, 2**30) * profile.params * 4
-    assert jacobian_bytes <= 2**30
+        sizes = empirical._sizes(name, profile, 1, 4, 2**30)
+        assert 1 <= sizes.chunk <= sizes.pair_rows <= sizes.panel < 1000, name
+        assert sizes.panel % sizes.chunk == 0, name
+    sizes = empirical._sizes("jacobian", profile, 1, 4, 2**30)
+    assert sizes.panel * profile.params * 4 <= 2**29
+    assert sizes.chunk * (profile.params + 2 * profile.activations) * 4 <= 2**29
+    assert sizes.panel > 4 * sizes.chunk  # Jacobians are held far beyond one chunk
+
+
+SCHEDULES = [(1, 2, 1), (1, 2, 2), (2, 4, 2), (2, 4, 4), (1, 3, 3), (3, 3, 3)]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS[:3])
+def test_every_schedule_of_panels_and_chunks_gives_the_same_matrix(monkeypatch, implementation):
+    """(chunk, panel, pair rows) forced: panels that split the rows unevenly, columns held
+    in the panel or computed, pairs of part of a panel; Gram and cross, by layer."""
+    arch, shape = nc.CNN(depth=3, pooling="gap"), (2, 5, 4)
+    net = arch.network(4, shape, seed=7, dtype=torch.float64, outputs=2)
+    g = torch.Generator().manual_seed(8)
+    x1 = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    for other in (x2, None):
+        expected = brute_force_by_layer(net, net.weight_layers(), x1,
+                                        x1 if other is None else other)
+        for schedule in SCHEDULES:
+            monkeypatch.setattr(empirical, "_sizes", lambda *a, s=schedule: empirical._Sizes(*s))
+            got = nc.empirical_ntk(net, x1, other, implementation=implementation,
+                                   full_outputs=True, by_layer=True)
+            close(got, expected)
+            if other is None:  # mirrored, not computed twice: exactly symmetric
+                assert torch.equal(got, got.transpose(1, 2).transpose(3, 4)), schedule
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
+@pytest.mark.parametrize("schedule", SCHEDULES[:4] + [(5, 5, 5)])
+def test_features_are_computed_as_often_as_the_cost_model_counts(monkeypatch, gram, schedule):
+    """Each row's Jacobians once, the columns' once per panel (a Gram's only past it): the
+    count ``_feature_passes`` gives "auto", a budget that holds every row computes each
+    sample's Jacobians once for a Gram."""
+    computed = []
+    build = empirical._jacobian_method
+
+    def counting(*args):
+        method = build(*args)
+        return empirical._Method(lambda x: computed.append(len(x)) or method.features(x),
+                                 method.pair)
+
+    monkeypatch.setattr(empirical, "_jacobian_method", counting)
+    monkeypatch.setattr(empirical, "_sizes", lambda *a: empirical._Sizes(*schedule))
+    net = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
+    x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    nc.empirical_ntk(net, x1, None if gram else x2, implementation="jacobian")
+    assert max(computed) <= schedule[0]
+    passes = empirical._feature_passes(5, 5 if gram else 4, gram, schedule[1])
+    assert sum(computed) == passes
+    if schedule[1] >= 5:
+        assert passes == (5 if gram else 9)
 
 
 def test_bad_input():
