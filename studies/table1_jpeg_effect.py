@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets
+from ntkcheck.studies.table1 import label_targets, paired_difference
 
 FOLDS = 6
 FOLD_SIZE = 1_017  # the subset's images per training batch file, and its test images
@@ -85,14 +84,14 @@ def train_sizes(spec: str | None, per_fold: int) -> list[int]:
 def comparison(exact: np.ndarray, jpeg: np.ndarray, per_fold: int) -> dict:
     """Both versions' accuracies (percent) from their right/wrong predictions, and the paired
     difference with its standard error from the predictions right in one version only."""
-    n = len(exact)
     only_exact, only_jpeg = int((exact & ~jpeg).sum()), int((~exact & jpeg).sum())
+    difference, error = paired_difference(exact, jpeg)
     return {
-        "predictions": n,
+        "predictions": len(exact),
         "accuracy_exact": round(100 * float(exact.mean()), 2),
         "accuracy_jpeg": round(100 * float(jpeg.mean()), 2),
-        "exact_minus_jpeg": round(100 * (only_exact - only_jpeg) / n, 2),
-        "standard_error": round(100 * math.sqrt(only_exact + only_jpeg) / n, 2),
+        "exact_minus_jpeg": round(difference, 2),
+        "standard_error": round(error, 2),
         "right_only_exact": only_exact, "right_only_jpeg": only_jpeg,
         "per_fold_exact_minus_jpeg": [
             round(100 * float((exact[s].astype(int) - jpeg[s].astype(int)).mean()), 2)

@@ -35,7 +35,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets
+from ntkcheck.studies.table1 import label_targets, paired_difference
 
 FIELDS = ("depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
           "changed_vs_all", "ridge", "offdiagonal_ratio")
@@ -70,20 +70,18 @@ def rows_of_depth(depth: int, train: torch.Tensor, test: torch.Tensor, labels: n
     targets = label_targets(labels)
     rows: list[dict[str, object]] = []
     first: np.ndarray | None = None
-    n = len(test_labels)
     for name, layers in subsets(depth):
         rows_of = torch.tensor([h - 1 for h in layers])
         k = train[rows_of].sum(0).double()
         model = KernelRegression(ridge="auto").fit(k, targets)
         predicted = model.predict(test[rows_of].sum(0).double()).argmax(1).numpy()
         first = predicted if first is None else first
-        right, right_all = predicted == test_labels, first == test_labels
-        only, only_all = int((right & ~right_all).sum()), int((~right & right_all).sum())
+        right = predicted == test_labels
+        difference, error = paired_difference(right, first == test_labels)
         rows.append({
             "depth": depth, "kernel": name, "layers": span(layers),
             "accuracy": f"{100 * float(np.mean(right)):.2f}",
-            "minus_all": f"{100 * (only - only_all) / n:+.2f}",
-            "standard_error": f"{100 * (only + only_all) ** 0.5 / n:.2f}",
+            "minus_all": f"{difference:+.2f}", "standard_error": f"{error:.2f}",
             "changed_vs_all": int((predicted != first).sum()),
             "ridge": f"{model.ridge_:.3g}",
             "offdiagonal_ratio": f"{offdiagonal_ratio(k):.4f}",

@@ -91,6 +91,16 @@ def label_targets(labels: np.ndarray, classes: int = 10) -> torch.Tensor:
     return torch.from_numpy(np.eye(classes)[labels] - 0.1)
 
 
+def paired_difference(right: np.ndarray, right_reference: np.ndarray) -> tuple[float, float]:
+    """Accuracy minus the reference's on the same test images, and its standard error, in
+    percentage points, from the images right with one of the two only (a paired comparison:
+    sqrt(discordant) / n, not the two accuracies' independent errors)."""
+    n = len(right)
+    only = int((right & ~right_reference).sum())
+    only_reference = int((~right & right_reference).sum())
+    return 100 * (only - only_reference) / n, 100 * (only + only_reference) ** 0.5 / n
+
+
 def _count(wanted: int, cap: int | None, available: int) -> int:
     return min(wanted, available, wanted if cap is None else cap)
 

@@ -232,3 +232,12 @@ def test_a_shard_waits_within_its_time_limit(tmp_path, monkeypatch, capsys):
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path / "t1"),
                  "--shard", "0/2"]) == 2
     assert "--shard needs --work" in capsys.readouterr().err
+
+
+def test_paired_difference_counts_the_images_right_with_one_kernel_only():
+    right = np.array([True, True, False, False, True])
+    reference = np.array([True, False, True, False, False])
+    difference, error = table1.paired_difference(right, reference)
+    assert difference == pytest.approx(100 * (2 - 1) / 5)
+    assert error == pytest.approx(100 * 3**0.5 / 5)
+    assert table1.paired_difference(right, right) == (0.0, 0.0)
