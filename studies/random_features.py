@@ -1,0 +1,237 @@
+"""Kernel regression with a finite net's empirical NTK (its random features) against the exact
+CNTK, on CIFAR-10: how wide must a net be before its kernel classifies as the limit does?
+The paper (Sec. 1 and its Sec. B) finds that random features from practically sized nets
+"degrade the performance a lot"; this measures it against width on the same images.
+
+    python studies/random_features.py --out DIR [--work DIR] [--data jpeg|exact]
+        [--n-train 2000] [--n-test 2000] [--depth 6] [--widths 16,32,64,128] [--seeds 3]
+        [--max-memory-gib 8] [--data-root DIR]
+
+CNTK-V (flatten, every layer trained) of ``--depth`` layers; the first ``--n-train``
+training and ``--n-test`` test images, standardized with the training images' statistics
+(as ``ntkcheck reproduce table1``).  The exact kernels in float64 (``kernel_matrix``); each
+net (``arch.network(width, seed=s)``, the paper's parametrization) gives its empirical NTK in
+float32 over the training and test images together (``empirical_ntk``, "jacobian", by
+layer), whose readout layer's term is the net's NNGP random features (the kernel of training
+the readout alone).  Regression as Table 1 (float64, no ridge unless singular, argmax), with:
+each net's NTK and NNGP features, the mean kernel of the first s nets of a width (a Monte
+Carlo estimate of the limit with s samples), and the exact NTK and NNGP.  Per row: the
+accuracy; its difference from the exact kernel's with the paired standard error; the test
+predictions equal to the exact kernel's; the relative Frobenius error of the training Gram
+matrix against the exact one; the ridge.  Writes DIR/random_features.csv, .md and .png;
+``--work`` keeps the exact kernel's tiles and each net's kernel, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ntkcheck as nc
+from ntkcheck.regression import KernelRegression
+from ntkcheck.studies.convergence_report import log_log_slope
+from ntkcheck.studies.table1 import label_targets, paired_difference
+
+FIELDS = ("kernel", "width", "nets", "seed", "accuracy", "minus_exact", "standard_error",
+          "same_as_exact", "relative_error", "ridge", "seconds")
+KERNELS = ("NTK", "NNGP")
+"""The whole empirical NTK, and its readout layer's term (the NNGP's random features)."""
+
+
+Split = tuple[torch.Tensor, torch.Tensor]
+"""A kernel as its training Gram matrix and its test-by-training matrix, float64."""
+
+
+def split(gram: torch.Tensor, n_train: int) -> Split:
+    """The parts of a Gram matrix over the training then test images that regression uses."""
+    k = gram.double()
+    return k[:n_train, :n_train], k[n_train:, :n_train]
+
+
+def predictions(kernel: Split, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Test predictions of kernel regression as Table 1, and the ridge it took."""
+    model = KernelRegression(ridge="auto").fit(kernel[0], label_targets(labels))
+    return model.predict(kernel[1]).argmax(1).numpy(), model.ridge_
+
+
+def relative_error(kernel: Split, exact: Split) -> float:
+    """||H - Theta||_F / ||Theta||_F over the training Gram matrices."""
+    return float(torch.linalg.norm(kernel[0] - exact[0]) / torch.linalg.norm(exact[0]))
+
+
+def row(name: str, width: object, nets: object, seed: object, kernel: Split, exact: Split,
+        reference: np.ndarray, labels: np.ndarray, test_labels: np.ndarray,
+        seconds: float | None = None) -> dict[str, object]:
+    """The row of one kernel against the exact one (whose test predictions are
+    ``reference``)."""
+    predicted, ridge = predictions(kernel, labels)
+    right = predicted == test_labels
+    difference, error = paired_difference(right, reference == test_labels)
+    return {
+        "kernel": name, "width": width, "nets": nets, "seed": seed,
+        "accuracy": f"{100 * float(np.mean(right)):.2f}",
+        "minus_exact": f"{difference:+.2f}", "standard_error": f"{error:.2f}",
+        "same_as_exact": int((predicted == reference).sum()),
+        "relative_error": f"{relative_error(kernel, exact):.4g}",
+        "ridge": f"{ridge:.3g}", "seconds": "" if seconds is None else f"{seconds:.0f}",
+    }
+
+
+def net_kernels(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory: int,
+                path: Path | None) -> tuple[dict[str, torch.Tensor], float]:
+    """The NTK and NNGP features' Gram matrices of one net over ``x`` (float32), and the
+    seconds they took; loaded from ``path`` where an earlier run saved them."""
+    if path is not None and path.exists():
+        saved = torch.load(path)
+        return {k: saved[k] for k in KERNELS}, float(saved["seconds"])
+    start = time.perf_counter()
+    net = arch.network(width, tuple(x.shape[1:]), seed=seed)
+    terms = nc.empirical_ntk(net, x, implementation="jacobian", by_layer=True,
+                             max_memory=max_memory)
+    kernels = {"NTK": terms.sum(0), "NNGP": terms[-1]}
+    seconds = time.perf_counter() - start
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**kernels, "seconds": seconds}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    return kernels, seconds
+
+
+def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | None
+                  ) -> dict[str, Split]:
+    """The exact NTK and NNGP (float64, ``kernel_matrix``, tiles kept in ``work``)."""
+    train, test = (nc.kernel_matrix(arch, a, b, out=None if work is None else work / name)
+                   [arch.depth] for a, b, name in ((x, None, "exact_train"),
+                                                   (z, x, "exact_test")))
+    return {"NTK": (train.ntk, test.ntk), "NNGP": (train.nngp, test.nngp)}
+
+
+def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
+          test_labels: np.ndarray, widths: list[int], seeds: int, max_memory: int,
+          work: Path | None, on_row: Callable[[dict], object] = print) -> list[dict]:
+    """Every row: the exact kernels, then per width each net and the mean of its first s."""
+    exact = exact_kernels(arch, x, z, work)
+    reference = {k: predictions(exact[k], labels)[0] for k in KERNELS}
+    rows: list[dict] = []
+
+    def add(r: dict) -> None:
+        rows.append(r)
+        on_row(r)
+
+    for k in KERNELS:
+        add(row(k, "exact", "", "", exact[k], exact[k], reference[k], labels, test_labels))
+    everything = torch.cat([x, z]).float()
+    for width in widths:
+        total: dict[str, torch.Tensor] = {}
+        for seed in range(seeds):
+            path = None if work is None else work / f"net_w{width}_s{seed}.pt"
+            kernels, seconds = net_kernels(arch, width, seed, everything, max_memory, path)
+            for k in KERNELS:
+                gram = kernels[k].double()
+                total[k] = total[k] + gram if seed else gram
+                add(row(k, width, 1, seed, split(gram, len(x)), exact[k], reference[k], labels,
+                        test_labels, seconds))
+                if seed:  # the mean kernel of the first seed + 1 nets
+                    add(row(k, width, seed + 1, "", split(total[k] / (seed + 1), len(x)),
+                            exact[k], reference[k], labels, test_labels))
+    return rows
+
+
+def figure(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for kernel, color in zip(KERNELS, ("C0", "C1"), strict=True):
+        mine = [r for r in rows if r["kernel"] == kernel]
+        exact = next(float(r["accuracy"]) for r in mine if r["width"] == "exact")
+        single = [r for r in mine if r["nets"] == 1]
+        widths = sorted({int(r["width"]) for r in single})
+        most = max(int(r["nets"]) for r in mine if r["width"] != "exact")
+        ensemble = {int(r["width"]): float(r["accuracy"]) for r in mine
+                    if r["width"] != "exact" and int(r["nets"]) == most}
+        axes[0].scatter([int(r["width"]) for r in single],
+                        [float(r["accuracy"]) for r in single], color=color, s=10, alpha=0.6)
+        axes[0].plot(widths, [np.mean([float(r["accuracy"]) for r in single
+                                       if int(r["width"]) == w]) for w in widths],
+                     color=color, label=f"{kernel} features, one net (mean)")
+        if most > 1:
+            axes[0].plot(sorted(ensemble), [ensemble[w] for w in sorted(ensemble)], "--",
+                         color=color, label=f"{kernel} features, mean kernel of {most} nets")
+        axes[0].axhline(exact, color=color, ls=":", label=f"exact {kernel}")
+        axes[1].scatter([int(r["width"]) for r in single],
+                        [int(r["same_as_exact"]) for r in single], color=color, s=10,
+                        label=kernel)
+        errors = [float(r["relative_error"]) for r in single]
+        slope = log_log_slope([int(r["width"]) for r in single], errors)
+        axes[2].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
+                        label=f"{kernel} (slope {slope:.2f})")
+    axes[0].set(xscale="log", xlabel="width", ylabel="test accuracy (%)")
+    axes[1].set(xscale="log", xlabel="width", ylabel="test predictions equal to the exact's")
+    axes[2].set(xscale="log", yscale="log", xlabel="width",
+                ylabel="||H - Theta||_F / ||Theta||_F (training Gram)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| kernel | width | nets | seed | accuracy (%) | minus exact | standard error | "
+             "same as exact | relative error | ridge | seconds |", "|" + "---|" * len(FIELDS)]
+    lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder of the results")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the exact kernel's tiles and each net's kernels")
+    parser.add_argument("--data", choices=("jpeg", "exact"), default="jpeg")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=2000)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--widths", default="16,32,64,128")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-memory-gib", type=float, default=8.0,
+                        help="empirical_ntk's budget: one that holds every image's Jacobians "
+                             "computes each once")
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args()
+    load = nc.data.cifar10_exact if args.data == "exact" else nc.data.cifar10
+    train, labels = load("train", args.n_train, args.data_root)
+    test, test_labels = load("test", args.n_test, args.data_root)
+    x, z = (nc.data.standardize(a, reference=train, dtype=torch.float64) for a in (train, test))
+    arch = nc.CNN(depth=args.depth, pooling="flatten")
+    widths = [int(w) for w in args.widths.split(",")]
+    rows = study(arch, x, z, labels, test_labels, widths, args.seeds,
+                 int(args.max_memory_gib * 2**30), args.work,
+                 on_row=lambda r: print(r, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "random_features.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    setting = (f"CNTK-V depth {args.depth}: empirical NTK features against the exact kernel, "
+               f"cifar10-{args.data}, {len(labels)} train / {len(test_labels)} test images")
+    (args.out / "random_features.md").write_text(
+        f"# {setting}\n\nExact kernels in float64, each net's empirical NTK in float32 (its "
+        f"seconds as measured by the run that computed it; this one had "
+        f"{torch.get_num_threads()} threads), regressions in float64.\n\n" + table(rows))
+    figure(rows, args.out / "random_features.png", setting)
+    print(f"wrote {args.out}/random_features.csv, random_features.md and random_features.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""studies/random_features.py: on CIFAR-10 images, each row regresses with what it names (the
+exact kernels, one net's empirical NTK or its readout layer's term, the mean kernel of the
+first nets), and a stopped run resumes from the kernels it saved."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import ntkcheck as nc
+from ntkcheck.studies.table1 import label_targets
+from tests.scripts import load_script
+
+features = load_script("studies/random_features.py")
+
+
+def predicted(k_train, k_test, labels):
+    alpha = np.linalg.solve(k_train.double().numpy(), label_targets(labels).numpy())
+    return (k_test.double().numpy() @ alpha).argmax(1)
+
+
+def run(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", [
+        "random_features.py", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+        "--data", "exact", "--n-train", "24", "--n-test", "16", "--depth", "3",
+        "--widths", "4,8", "--seeds", "2", "--max-memory-gib", "0.001"])
+    try:
+        features.main()
+    except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
+        pytest.skip(str(missing))
+    return list(csv.DictReader(open(tmp_path / "out" / "random_features.csv")))
+
+
+def test_each_row_regresses_with_the_kernel_it_names(tmp_path, monkeypatch):
+    rows = run(tmp_path, monkeypatch)
+    assert len(rows) == 2 + 2 * 2 * 3 and {"random_features.md", "random_features.png"} <= {
+        p.name for p in (tmp_path / "out").iterdir()}
+    train, labels = nc.data.cifar10_exact("train", 24)
+    test, test_labels = nc.data.cifar10_exact("test", 16)
+    x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
+    arch = nc.CNN(depth=3, pooling="flatten")
+
+    def check(kernel, name, width, nets, seed, exact=None):
+        got = predicted(kernel[:24, :24], kernel[24:, :24], labels)
+        row = next(r for r in rows if (r["kernel"], r["width"], r["nets"], r["seed"])
+                   == (name, width, nets, seed))
+        assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", row
+        if exact is not None:
+            theta = exact[:24, :24]
+            error = float(torch.linalg.norm(kernel[:24, :24].double() - theta)
+                          / torch.linalg.norm(theta))
+            assert float(row["relative_error"]) == pytest.approx(error, rel=1e-3), row
+
+    everything = torch.cat([x, z])
+    exact = {"NTK": arch.ntk(everything), "NNGP": arch.nngp(everything)}
+    for name in ("NTK", "NNGP"):
+        check(exact[name], name, "exact", "", "")
+    nets = [arch.network(8, (3, 32, 32), seed=s) for s in (0, 1)]
+    whole = [nc.empirical_ntk(net, everything.float(), implementation="structured")
+             for net in nets]
+    for layer in (layer for net in nets for layer in net.weight_layers()[:-1]):
+        layer.weight.requires_grad_(False)  # the readout alone: the NNGP's random features
+    readout = [nc.empirical_ntk(net, everything.float()) for net in nets]
+    for name, kernels in (("NTK", whole), ("NNGP", readout)):
+        check(kernels[1], name, "8", "1", "1", exact[name])
+        check((kernels[0].double() + kernels[1].double()) / 2, name, "8", "2", "", exact[name])
+    assert all(r["ridge"] == "0" for r in rows)
+    assert float(next(r for r in rows if r["width"] == "4")["relative_error"]) > float(
+        next(r for r in rows if r["width"] == "8")["relative_error"]) / 10  # not all zero
+
+
+def test_a_stopped_run_resumes_from_the_saved_kernels(tmp_path, monkeypatch):
+    first = run(tmp_path, monkeypatch)
+    (tmp_path / "w" / "net_w8_s1.pt").unlink()  # as if stopped before the last net
+    computed = []
+    empirical_ntk = nc.empirical_ntk
+
+    def counted(net, *args, **kwargs):
+        computed.append(net)
+        return empirical_ntk(net, *args, **kwargs)
+
+    monkeypatch.setattr(nc, "empirical_ntk", counted)
+    again = run(tmp_path, monkeypatch)
+    assert len(computed) == 1
+    recomputed = [i for i, r in enumerate(first) if (r["width"], r["seed"]) == ("8", "1")]
+    for i, (a, b) in enumerate(zip(first, again, strict=True)):
+        if i in recomputed:  # its own seconds; the rest as before
+            a, b = ({k: v for k, v in r.items() if k != "seconds"} for r in (a, b))
+        assert a == b
