@@ -25,7 +25,6 @@ matrix against the exact one; the ridge.  Writes DIR/random_features.csv, .md an
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +34,9 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
+from ntkcheck.studies._files import write_rows
 from ntkcheck.studies.convergence_report import log_log_slope
-from ntkcheck.studies.table1 import label_targets, paired_difference
+from ntkcheck.studies.table1 import label_targets, paired_difference, standardized_images
 
 FIELDS = ("kernel", "width", "nets", "seed", "accuracy", "minus_exact", "standard_error",
           "same_as_exact", "relative_error", "ridge", "seconds")
@@ -209,20 +209,15 @@ def main() -> None:
                              "computes each once")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
-    load = nc.data.cifar10_exact if args.data == "exact" else nc.data.cifar10
-    train, labels = load("train", args.n_train, args.data_root)
-    test, test_labels = load("test", args.n_test, args.data_root)
-    x, z = (nc.data.standardize(a, reference=train, dtype=torch.float64) for a in (train, test))
+    x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
+                                                    args.data_root)
     arch = nc.CNN(depth=args.depth, pooling="flatten")
     widths = [int(w) for w in args.widths.split(",")]
     rows = study(arch, x, z, labels, test_labels, widths, args.seeds,
                  int(args.max_memory_gib * 2**30), args.work,
                  on_row=lambda r: print(r, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "random_features.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out / "random_features.csv", FIELDS, rows)
     setting = (f"CNTK-V depth {args.depth}: empirical NTK features against the exact kernel, "
                f"cifar10-{args.data}, {len(labels)} train / {len(test_labels)} test images")
     (args.out / "random_features.md").write_text(

@@ -26,7 +26,6 @@ stopped run resumes.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -35,7 +34,8 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets, paired_difference
+from ntkcheck.studies._files import write_rows
+from ntkcheck.studies.table1 import label_targets, paired_difference, standardized_images
 
 FIELDS = ("depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
           "changed_vs_all", "ridge", "offdiagonal_ratio")
@@ -138,11 +138,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=500)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
-    load = nc.data.cifar10_exact if args.data == "exact" else nc.data.cifar10
-    train, labels = load("train", args.n_train, args.data_root)
-    test, test_labels = load("test", args.n_test, args.data_root)
-    dtype = getattr(torch, args.dtype)
-    x, z = (nc.data.standardize(a, reference=train, dtype=dtype) for a in (train, test))
+    x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
+                                                    args.data_root, getattr(torch, args.dtype))
     depths = sorted(int(d) for d in args.depths.split(","))
     arch = nc.CNN(depth=max(depths), pooling="flatten")
     start = time.perf_counter()
@@ -154,10 +151,7 @@ def main() -> None:
     rows = [row for d in depths
             for row in rows_of_depth(d, k_train[d], k_test[d], labels, test_labels)]
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "layers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.out / "layers.csv", FIELDS, rows)
     setting = (f"CNTK-V by layer, cifar10-{args.data}, {len(labels)} train / "
                f"{len(test_labels)} test images")
     (args.out / "layers.md").write_text(

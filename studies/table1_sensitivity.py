@@ -32,7 +32,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets
+from ntkcheck.studies.table1 import label_targets, standardized_images
 
 NOISE = "1e-6,1e-5,1e-4,1e-3"
 RIDGES = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
@@ -94,13 +94,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    load = nc.data.cifar10_exact if args.data == "exact" else nc.data.cifar10
-    train, labels = load("train", args.n_train, args.data_root)
-    test, test_labels = load("test", args.n_test, args.data_root)
     dtype = getattr(torch, args.dtype or ("float32" if cuda else "float64"))
     tile = args.tile or (4096 if cuda else 1024)
-    x, z = (nc.data.standardize(a, reference=train, dtype=dtype).to(device)
-            for a in (train, test))
+    x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
+                                                    args.data_root, dtype)
+    x, z = x.to(device), z.to(device)
     depths = tuple(int(d) for d in args.depths.split(","))
     arch = nc.CNN(depth=max(depths), pooling="flatten")
     k_train, k_test = (

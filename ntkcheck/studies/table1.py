@@ -120,6 +120,21 @@ def _load(data: str, split: str, n: int | None, root: str | None):
     return cifar10_exact(split, n, root=root, pixels="jpeg" if data == "exact-jpeg" else "exact")
 
 
+def standardized_images(
+    data: str, n_train: int | None, n_test: int | None, root: str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """(x_train, labels, x_test, test_labels): the first ``n_train`` training and ``n_test``
+    test images (None: all) of cifar10-``data`` ("jpeg", "exact" or "exact-jpeg"), as the
+    paper's code prepares them: pixels / 255, standardized per channel with the training
+    images' mean and std."""
+    images, labels = _load(data, "train", n_train, root)
+    test_images, test_labels = _load(data, "test", n_test, root)
+    x_train, x_test = (standardize(a, reference=images, dtype=dtype)
+                       for a in (images, test_images))
+    return x_train, labels, x_test, test_labels
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -250,11 +265,10 @@ def run_column(
     deadline = None if max_seconds is None else _clock() + max_seconds
     device = torch.device(device)
     train_count = column.n_train if n_train is None else min(column.n_train, n_train)
-    images, labels = _load(data, "train", train_count, root)
-    test_images, test_labels = _load(data, "test", n_test, root)
     dtype = torch.float32 if device.type == "cuda" else torch.float64
-    x_train = standardize(images, reference=images, dtype=dtype).to(device)
-    x_test = standardize(test_images, reference=images, dtype=dtype).to(device)
+    x_train, labels, x_test, test_labels = standardized_images(data, train_count, n_test, root,
+                                                               dtype)
+    x_train, x_test = x_train.to(device), x_test.to(device)
     arch = column.architecture(max(depths))
     folder = None if work is None else Path(work) / column.name / column.first_last
     trained_on = fingerprint(x_train) + fingerprint(labels)
