@@ -4,7 +4,7 @@ The paper (Sec. 1 and its Sec. B) finds that random features from practically si
 "degrade the performance a lot"; this measures it against width on the same images.
 
     python studies/random_features.py --out DIR [--work DIR] [--data jpeg|exact]
-        [--n-train 2000] [--n-test 2000] [--depth 6] [--widths 16,32,64,128] [--seeds 3]
+        [--n-train 2000] [--n-test 2000] [--depth 6] [--widths 16,32,64,128] [--seeds 3 | 3,3,3,1]
         [--max-memory-gib 8] [--data-root DIR]
 
 CNTK-V (flatten, every layer trained) of ``--depth`` layers; the first ``--n-train``
@@ -113,9 +113,10 @@ def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | N
 
 
 def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
-          test_labels: np.ndarray, widths: list[int], seeds: int, max_memory: int,
+          test_labels: np.ndarray, seeds: dict[int, int], max_memory: int,
           work: Path | None, on_row: Callable[[dict], object] = print) -> list[dict]:
-    """Every row: the exact kernels, then per width each net and the mean of its first s."""
+    """Every row: the exact kernels, then per width (``seeds``: width -> nets) each net
+    and the mean kernel of its first s."""
     exact = exact_kernels(arch, x, z, work)
     reference = {k: predictions(exact[k], labels)[0] for k in KERNELS}
     rows: list[dict] = []
@@ -127,9 +128,9 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
     for k in KERNELS:
         add(row(k, "exact", "", "", exact[k], exact[k], reference[k], labels, test_labels))
     everything = torch.cat([x, z]).float()
-    for width in widths:
+    for width, nets in seeds.items():
         total: dict[str, torch.Tensor] = {}
-        for seed in range(seeds):
+        for seed in range(nets):
             path = None if work is None else work / f"net_w{width}_s{seed}.pt"
             kernels, seconds = net_kernels(arch, width, seed, everything, max_memory, path)
             for k in KERNELS:
@@ -141,6 +142,17 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
                     add(row(k, width, seed + 1, "", split(total[k] / (seed + 1), len(x)),
                             exact[k], reference[k], labels, test_labels))
     return rows
+
+
+def seeds_per_width(widths: str, seeds: str) -> dict[int, int]:
+    """{width: nets} from ``--widths`` and ``--seeds`` (one count, or one per width)."""
+    chosen, counts = [int(w) for w in widths.split(",")], [int(s) for s in seeds.split(",")]
+    if len(counts) == 1:
+        counts *= len(chosen)
+    if len(counts) != len(chosen) or min(counts) < 1:
+        raise SystemExit(f"--seeds: one count >= 1, or one per width ({len(chosen)}); "
+                         f"got {seeds!r}")
+    return dict(zip(chosen, counts, strict=True))
 
 
 def figure(rows: list[dict], path: Path, title: str) -> None:
@@ -203,7 +215,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--widths", default="16,32,64,128")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", default="3",
+                        help="nets per width: one count for all, or one per width")
     parser.add_argument("--max-memory-gib", type=float, default=8.0,
                         help="empirical_ntk's budget: one that holds every image's Jacobians "
                              "computes each once")
@@ -212,8 +225,7 @@ def main() -> None:
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root)
     arch = nc.CNN(depth=args.depth, pooling="flatten")
-    widths = [int(w) for w in args.widths.split(",")]
-    rows = study(arch, x, z, labels, test_labels, widths, args.seeds,
+    rows = study(arch, x, z, labels, test_labels, seeds_per_width(args.widths, args.seeds),
                  int(args.max_memory_gib * 2**30), args.work,
                  on_row=lambda r: print(r, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)

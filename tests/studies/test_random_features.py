@@ -72,6 +72,14 @@ def test_each_row_regresses_with_the_kernel_it_names(tmp_path, monkeypatch):
         next(r for r in rows if r["width"] == "8")["relative_error"]) / 10  # not all zero
 
 
+def test_seeds_per_width():
+    assert features.seeds_per_width("16,32", "3") == {16: 3, 32: 3}
+    assert features.seeds_per_width("16,32", "3,1") == {16: 3, 32: 1}
+    for bad in ("3,1,1", "0"):
+        with pytest.raises(SystemExit, match="--seeds: one count >= 1, or one per width"):
+            features.seeds_per_width("16,32", bad)
+
+
 def test_a_stopped_run_resumes_from_the_saved_kernels(tmp_path, monkeypatch):
     first = run(tmp_path, monkeypatch)
     (tmp_path / "w" / "net_w8_s1.pt").unlink()  # as if stopped before the last net
