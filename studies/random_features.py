@@ -190,7 +190,10 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     axes[1].set(xscale="log", xlabel="width", ylabel="test predictions equal to the exact's")
     axes[2].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H - Theta||_F / ||Theta||_F (training Gram)")
+    widths = sorted({int(r["width"]) for r in rows if r["width"] != "exact"})
     for ax in axes:
+        ax.set_xticks(widths, [str(w) for w in widths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
