@@ -76,10 +76,17 @@ def brute_force_by_layer(net, layers, x1, x2):
     return torch.stack(terms)
 
 
+SCHEDULES = [(1, 2, 1), (1, 2, 2), (2, 2, 2), (1, 3, 1)]
+"""(chunk, panel, pair rows) that empirical_ntk is forced to take in some tests."""
+
+
 @pytest.mark.parametrize("arch,shape", ARCHS, ids=repr)
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_by_layer_equals_brute_force_over_each_layer(arch, shape, implementation):
-    """by_layer: (depth, ...), row h - 1 the sum over weight layer h's parameters."""
+def test_by_layer_equals_brute_force_over_each_layer(arch, shape, implementation, monkeypatch):
+    """by_layer: (depth, ...), row h - 1 the sum over weight layer h's parameters; under
+    every forced (chunk, panel, pair rows) schedule too: panels that split the rows
+    unevenly (2 + 1), a Gram's columns held in the panel or computed, pairs of part of a
+    panel."""
     net = arch.network(5, shape, seed=3, dtype=torch.float64, outputs=2)
     g = torch.Generator().manual_seed(4)
     x1 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
@@ -92,6 +99,14 @@ def test_by_layer_equals_brute_force_over_each_layer(arch, shape, implementation
             got = nc.empirical_ntk(net, x1, other, implementation=implementation,
                                    full_outputs=True, by_layer=True, max_memory=budget)
             close(got, expected)
+        for schedule in SCHEDULES:
+            with monkeypatch.context() as patched:
+                patched.setattr(empirical, "_sizes", lambda *a, s=schedule: empirical._Sizes(*s))
+                got = nc.empirical_ntk(net, x1, other, implementation=implementation,
+                                       full_outputs=True, by_layer=True)
+            close(got, expected)
+            if other is None:  # mirrored, not computed twice: exactly symmetric
+                assert torch.equal(got, got.transpose(1, 2).transpose(3, 4)), schedule
         got = nc.empirical_ntk(net, x1, other, implementation=implementation, by_layer=True)
         close(got, expected.diagonal(dim1=3, dim2=4).mean(-1))
 
@@ -165,32 +180,8 @@ def test_chunks_keep_a_large_cnn_within_the_budget():
     assert sizes.panel > 4 * sizes.chunk  # Jacobians are held far beyond one chunk
 
 
-SCHEDULES = [(1, 2, 1), (1, 2, 2), (2, 4, 2), (2, 4, 4), (1, 3, 3), (3, 3, 3)]
-
-
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS[:3])
-def test_every_schedule_of_panels_and_chunks_gives_the_same_matrix(monkeypatch, implementation):
-    """(chunk, panel, pair rows) forced: panels that split the rows unevenly, columns held
-    in the panel or computed, pairs of part of a panel; Gram and cross, by layer."""
-    arch, shape = nc.CNN(depth=3, pooling="gap"), (2, 5, 4)
-    net = arch.network(4, shape, seed=7, dtype=torch.float64, outputs=2)
-    g = torch.Generator().manual_seed(8)
-    x1 = torch.randn(5, *shape, generator=g, dtype=torch.float64)
-    x2 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
-    for other in (x2, None):
-        expected = brute_force_by_layer(net, net.weight_layers(), x1,
-                                        x1 if other is None else other)
-        for schedule in SCHEDULES:
-            monkeypatch.setattr(empirical, "_sizes", lambda *a, s=schedule: empirical._Sizes(*s))
-            got = nc.empirical_ntk(net, x1, other, implementation=implementation,
-                                   full_outputs=True, by_layer=True)
-            close(got, expected)
-            if other is None:  # mirrored, not computed twice: exactly symmetric
-                assert torch.equal(got, got.transpose(1, 2).transpose(3, 4)), schedule
-
-
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
-@pytest.mark.parametrize("schedule", SCHEDULES[:4] + [(5, 5, 5)])
+@pytest.mark.parametrize("schedule", SCHEDULES + [(2, 4, 2), (5, 5, 5)])
 def test_features_are_computed_as_often_as_the_cost_model_counts(monkeypatch, gram, schedule):
     """Each row's Jacobians once, the columns' once per panel (a Gram's only past it): the
     count ``_feature_passes`` gives "auto", a budget that holds every row computes each
