@@ -67,10 +67,11 @@ def relative_error(kernel: Split, exact: Split) -> float:
 
 def row(name: str, width: object, nets: object, seed: object, kernel: Split, exact: Split,
         reference: np.ndarray, labels: np.ndarray, test_labels: np.ndarray,
-        seconds: float | None = None) -> dict[str, object]:
+        seconds: float | None = None, fitted: tuple[np.ndarray, float] | None = None
+        ) -> dict[str, object]:
     """The row of one kernel against the exact one (whose test predictions are
-    ``reference``)."""
-    predicted, ridge = predictions(kernel, labels)
+    ``reference``); ``fitted``: the kernel's ``predictions`` where already made."""
+    predicted, ridge = predictions(kernel, labels) if fitted is None else fitted
     right = predicted == test_labels
     difference, error = paired_difference(right, reference == test_labels)
     return {
@@ -118,7 +119,8 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
     """Every row: the exact kernels, then per width (``seeds``: width -> nets) each net
     and the mean kernel of its first s."""
     exact = exact_kernels(arch, x, z, work)
-    reference = {k: predictions(exact[k], labels)[0] for k in KERNELS}
+    fitted = {k: predictions(exact[k], labels) for k in KERNELS}
+    reference = {k: fitted[k][0] for k in KERNELS}
     rows: list[dict] = []
 
     def add(r: dict) -> None:
@@ -126,7 +128,8 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
         on_row(r)
 
     for k in KERNELS:
-        add(row(k, "exact", "", "", exact[k], exact[k], reference[k], labels, test_labels))
+        add(row(k, "exact", "", "", exact[k], exact[k], reference[k], labels, test_labels,
+                fitted=fitted[k]))
     everything = torch.cat([x, z]).float()
     for width, nets in seeds.items():
         total: dict[str, torch.Tensor] = {}
