@@ -334,7 +334,9 @@ def _leaves(features: Features) -> list[torch.Tensor]:
 
 def _features_of(method: _Method, x: torch.Tensor, chunk: int) -> Features:
     """``method.features`` of every sample of ``x``, computed ``chunk`` samples at a time
-    into one batch (filled in place: no second copy of the whole)."""
+    into one batch (filled in place: no second copy of the whole); one chunk's as they come."""
+    if len(x) <= chunk:
+        return method.features(x)
     held: Features = None
     for start in range(0, len(x), chunk):
         part = method.features(x[start:start + chunk])
