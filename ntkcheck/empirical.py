@@ -31,7 +31,9 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from ._checks import check_bool
+from ._progress import Progress
 from .architectures import DEFAULT_MAX_MEMORY
+from .kernels.recursion import pair_count
 from .nets.layers import WEIGHT_LAYERS, Conv, Dense
 from .nets.network import Network
 
@@ -332,19 +334,57 @@ def _leaves(features: Features) -> list[torch.Tensor]:
     return [t for f in features for t in _leaves(f)]
 
 
-def _features_of(method: _Method, x: torch.Tensor, chunk: int) -> Features:
+def _features_of(method: _Method, x: torch.Tensor, chunk: int,
+                 before_chunk: Callable[[int, int], object]) -> Features:
     """``method.features`` of every sample of ``x``, computed ``chunk`` samples at a time
-    into one batch (filled in place: no second copy of the whole); one chunk's as they come."""
+    into one batch (filled in place: no second copy of the whole); one chunk's as they come.
+    ``before_chunk(start, end)`` is told which samples each chunk is (for a progress note)."""
     if len(x) <= chunk:
+        before_chunk(0, len(x))
         return method.features(x)
     held: Features = None
     for start in range(0, len(x), chunk):
+        before_chunk(start, min(start + chunk, len(x)))
         part = method.features(x[start:start + chunk])
         if held is None:
             held = _map(lambda t: t.new_empty(len(x), *t.shape[1:]), part)
         for whole, piece in zip(_leaves(held), _leaves(part), strict=True):
             whole[start:start + len(piece)] = piece.detach()
     return held
+
+
+def _note_features(bar: Progress, r0: int, r1: int, start: int, end: int) -> None:
+    bar.note(f"(features of rows {r0 + start}-{r0 + end} of the panel {r0}-{r1})")
+
+
+def _pairs_counted(rows: range, cols: range, gram: bool) -> int:
+    """Sample pairs a block adds to the progress count: of a Gram matrix, only those on and
+    above the diagonal (the rest are mirrored), so that the count ends at n (n + 1) / 2."""
+    if not gram:
+        return len(rows) * len(cols)
+    return sum(max(0, cols.stop - max(i, cols.start)) for i in rows)
+
+
+def _fill(out: torch.Tensor, method: _Method, x1: torch.Tensor, x2: torch.Tensor | None,
+          sizes: _Sizes, bar: Progress) -> None:
+    """Compute ``out`` (groups, n1, n2, k, k) panel by panel of rows; of a Gram matrix
+    (``x2=None``) only the blocks on and above the diagonal."""
+    gram, z = x2 is None, x1 if x2 is None else x2
+    for r0 in range(0, len(x1), sizes.panel):
+        r1 = min(r0 + sizes.panel, len(x1))
+        held = _features_of(method, x1[r0:r1], sizes.chunk,
+                            functools.partial(_note_features, bar, r0, r1))
+        bar.note("")
+        for c0 in range(r0 if gram else 0, len(z), sizes.chunk):
+            c1 = min(c0 + sizes.chunk, len(z))
+            inside = gram and c0 < r1  # a Gram's columns in the panel: held already
+            cols = _take(held, slice(c0 - r0, c1 - r0)) if inside else method.features(z[c0:c1])
+            last = min(r1, c1) if gram else r1  # a Gram's rows below the columns: mirrored
+            for a0 in range(r0, last, sizes.pair_rows):
+                a1 = min(a0 + sizes.pair_rows, last)
+                rows = _take(held, slice(a0 - r0, a1 - r0))
+                out[:, a0:a1, c0:c1] = method.pair(rows, cols).detach()
+                bar.advance(_pairs_counted(range(a0, a1), range(c0, c1), gram))
 
 
 def _mirror_upper(out: torch.Tensor, step: int) -> None:
@@ -376,6 +416,7 @@ def empirical_ntk(
     full_outputs: bool = False,
     by_layer: bool = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The empirical NTK H(x1_i, x2_j) = sum over trainable parameters of
     df(x1_i)/dtheta df(x2_j)/dtheta (Eq. 2 of the paper at finite width).
@@ -392,6 +433,8 @@ def empirical_ntk(
     working set: half of it holds the features (e.g. Jacobians) of a panel of rows, computed
     once, while the columns pass in chunks through the other half; a budget that holds
     every row's computes each sample's features once for a Gram, twice for a cross matrix.
+    ``progress=True`` reports sample pairs done (a Gram's on and above the diagonal), rate
+    and ETA on stderr, and which rows' features are being computed.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; "
@@ -400,6 +443,7 @@ def empirical_ntk(
         raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
     params = _trainable(net)
     check_bool("by_layer", by_layer)
+    check_bool("progress", progress)
     groups = _layers(net, params) if by_layer else [list(params)]
     x1, x2 = _check_inputs(net, x1, x2)
     k = _outputs(net, x1)
@@ -420,18 +464,8 @@ def empirical_ntk(
     sizes = _sizes(name, profile, k, x1.element_size(), max_memory)
     gram = x2 is None
     out = x1.new_zeros(len(groups), len(x1), len(z), k, k)
-    for r0 in range(0, len(x1), sizes.panel):
-        r1 = min(r0 + sizes.panel, len(x1))
-        held = _features_of(method, x1[r0:r1], sizes.chunk)
-        for c0 in range(r0 if gram else 0, len(z), sizes.chunk):
-            c1 = min(c0 + sizes.chunk, len(z))
-            inside = gram and c0 < r1  # a Gram's columns in the panel: held already
-            cols = _take(held, slice(c0 - r0, c1 - r0)) if inside else method.features(z[c0:c1])
-            last = min(r1, c1) if gram else r1  # a Gram's rows below the columns: mirrored
-            for a0 in range(r0, last, sizes.pair_rows):
-                a1 = min(a0 + sizes.pair_rows, last)
-                rows = _take(held, slice(a0 - r0, a1 - r0))
-                out[:, a0:a1, c0:c1] = method.pair(rows, cols).detach()
+    with Progress(pair_count(len(x1), len(z), gram), "sample pairs", enabled=progress) as bar:
+        _fill(out, method, x1, x2, sizes, bar)
     if gram:
         _mirror_upper(out, sizes.chunk)
     out = out if by_layer else out[0]

@@ -5,7 +5,7 @@ The paper (Sec. 1 and its Sec. B) finds that random features from practically si
 
     python studies/random_features.py --out DIR [--work DIR] [--data jpeg|exact]
         [--n-train 2000] [--n-test 2000] [--depth 6] [--widths 16,32,64,128] [--seeds 3 | 3,3,3,1]
-        [--max-memory-gib 8] [--data-root DIR]
+        [--max-memory-gib 8] [--data-root DIR] [--quiet]
 
 CNTK-V (flatten, every layer trained) of ``--depth`` layers; the first ``--n-train``
 training and ``--n-test`` test images, standardized with the training images' statistics
@@ -85,7 +85,7 @@ def row(name: str, width: object, nets: object, seed: object, kernel: Split, exa
 
 
 def net_kernels(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory: int,
-                path: Path | None) -> tuple[dict[str, torch.Tensor], float]:
+                path: Path | None, progress: bool) -> tuple[dict[str, torch.Tensor], float]:
     """The NTK and NNGP features' Gram matrices of one net over ``x`` (float32), and the
     seconds they took; loaded from ``path`` where an earlier run saved them."""
     if path is not None and path.exists():
@@ -94,7 +94,7 @@ def net_kernels(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory
     start = time.perf_counter()
     net = arch.network(width, tuple(x.shape[1:]), seed=seed)
     terms = nc.empirical_ntk(net, x, implementation="jacobian", by_layer=True,
-                             max_memory=max_memory)
+                             max_memory=max_memory, progress=progress)
     kernels = {"NTK": terms.sum(0), "NNGP": terms[-1]}
     seconds = time.perf_counter() - start
     if path is not None:
@@ -104,21 +104,22 @@ def net_kernels(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory
     return kernels, seconds
 
 
-def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | None
-                  ) -> dict[str, Split]:
+def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | None,
+                  progress: bool) -> dict[str, Split]:
     """The exact NTK and NNGP (float64, ``kernel_matrix``, tiles kept in ``work``)."""
-    train, test = (nc.kernel_matrix(arch, a, b, out=None if work is None else work / name)
-                   [arch.depth] for a, b, name in ((x, None, "exact_train"),
-                                                   (z, x, "exact_test")))
+    train, test = (nc.kernel_matrix(arch, a, b, out=None if work is None else work / name,
+                                    progress=progress)[arch.depth]
+                   for a, b, name in ((x, None, "exact_train"), (z, x, "exact_test")))
     return {"NTK": (train.ntk, test.ntk), "NNGP": (train.nngp, test.nngp)}
 
 
 def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
           test_labels: np.ndarray, seeds: dict[int, int], max_memory: int,
-          work: Path | None, on_row: Callable[[dict], object] = print) -> list[dict]:
+          work: Path | None, on_row: Callable[[dict], object] = print,
+          progress: bool = True) -> list[dict]:
     """Every row: the exact kernels, then per width (``seeds``: width -> nets) each net
-    and the mean kernel of its first s."""
-    exact = exact_kernels(arch, x, z, work)
+    and the mean kernel of its first s; ``progress`` shows each kernel's progress line."""
+    exact = exact_kernels(arch, x, z, work, progress)
     fitted = {k: predictions(exact[k], labels) for k in KERNELS}
     reference = {k: fitted[k][0] for k in KERNELS}
     rows: list[dict] = []
@@ -135,7 +136,8 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
         total: dict[str, torch.Tensor] = {}
         for seed in range(nets):
             path = None if work is None else work / f"net_w{width}_s{seed}.pt"
-            kernels, seconds = net_kernels(arch, width, seed, everything, max_memory, path)
+            kernels, seconds = net_kernels(arch, width, seed, everything, max_memory, path,
+                                           progress)
             for k in KERNELS:
                 gram = kernels[k].double()
                 total[k] = total[k] + gram if seed else gram
@@ -227,13 +229,14 @@ def main() -> None:
                         help="empirical_ntk's budget: one that holds every image's Jacobians "
                              "computes each once")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args()
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root)
     arch = nc.CNN(depth=args.depth, pooling="flatten")
     rows = study(arch, x, z, labels, test_labels, seeds_per_width(args.widths, args.seeds),
                  int(args.max_memory_gib * 2**30), args.work,
-                 on_row=lambda r: print(r, flush=True))
+                 on_row=lambda r: print(r, flush=True), progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "random_features.csv", FIELDS, rows)
     setting = (f"CNTK-V depth {args.depth}: empirical NTK features against the exact kernel, "

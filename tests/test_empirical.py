@@ -206,6 +206,26 @@ def test_features_are_computed_as_often_as_the_cost_model_counts(monkeypatch, gr
         assert passes == (5 if gram else 9)
 
 
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
+@pytest.mark.parametrize("schedule", SCHEDULES + [(2, 4, 2), (1, 1, 1)])
+@pytest.mark.parametrize("implementation", ["jacobian", "structured"])
+def test_progress_counts_each_sample_pair_once(monkeypatch, capsys, gram, schedule,
+                                               implementation):
+    """The count ends at exactly n (n + 1) / 2 for a Gram matrix (the diagonal blocks' rows
+    below the diagonal are computed but not counted: they are mirrored) and n1 n2 for a
+    cross matrix, whatever the schedule; without ``progress`` nothing is written."""
+    monkeypatch.setattr(empirical, "_sizes", lambda *a: empirical._Sizes(*schedule))
+    net = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
+    x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    nc.empirical_ntk(net, x1, None if gram else x2, implementation=implementation,
+                     progress=True)
+    total = 15 if gram else 20
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert last.startswith(f"sample pairs: {total}/{total} ") and last.endswith("\n")
+    nc.empirical_ntk(net, x1, None if gram else x2, implementation=implementation)
+    assert capsys.readouterr().err == ""
+
+
 def test_bad_input():
     net = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
     x = torch.randn(2, 3, dtype=torch.float64)
@@ -223,6 +243,8 @@ def test_bad_input():
         nc.empirical_ntk(lambda v: v, x)
     with pytest.raises(TypeError, match="by_layer must be True or False"):
         nc.empirical_ntk(net, x, by_layer=1)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        nc.empirical_ntk(net, x, progress="yes")
     frozen = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
     for p in frozen.parameters():
         p.requires_grad_(False)
