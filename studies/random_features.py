@@ -18,8 +18,12 @@ each net's NTK and NNGP features, the mean kernel of the first s nets of a width
 Carlo estimate of the limit with s samples), and the exact NTK and NNGP.  Per row: the
 accuracy; its difference from the exact kernel's with the paired standard error; the test
 predictions equal to the exact kernel's; the relative Frobenius error of the training Gram
-matrix against the exact one; the ridge.  Writes DIR/random_features.csv, .md and .png;
-``--work`` keeps the exact kernel's tiles and each net's kernel, so a stopped run resumes.
+matrix against the exact one; the ridge.  Per layer h (random_features_layers.csv), where
+the NTK's error comes from: the training Gram of each net's (and each mean kernel's) term h
+against the exact term h (``kernel_matrix(..., by_layer=True)``, Eq. 9), relative to that
+term and to the whole exact NTK.  Writes DIR/random_features.csv, random_features_layers.csv,
+.md and .png; ``--work`` keeps the exact kernel's tiles and each net's layer terms, so a
+stopped run resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from ntkcheck.studies.table1 import label_targets, paired_difference, standardiz
 
 FIELDS = ("kernel", "width", "nets", "seed", "accuracy", "minus_exact", "standard_error",
           "same_as_exact", "relative_error", "ridge", "seconds")
+LAYER_FIELDS = ("width", "nets", "seed", "layer", "relative_error", "error_of_whole",
+                "exact_of_whole")
 KERNELS = ("NTK", "NNGP")
 """The whole empirical NTK, and its readout layer's term (the NNGP's random features)."""
 
@@ -84,45 +90,71 @@ def row(name: str, width: object, nets: object, seed: object, kernel: Split, exa
     }
 
 
-def net_kernels(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory: int,
-                path: Path | None, progress: bool) -> tuple[dict[str, torch.Tensor], float]:
-    """The NTK and NNGP features' Gram matrices of one net over ``x`` (float32), and the
-    seconds they took; loaded from ``path`` where an earlier run saved them."""
+def net_terms(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory: int,
+              path: Path | None, progress: bool) -> tuple[torch.Tensor, float]:
+    """One net's empirical NTK over ``x`` by layer, (depth, n, n) float32, and the seconds it
+    took; loaded from ``path`` where an earlier run saved it."""
     if path is not None and path.exists():
         saved = torch.load(path)
-        return {k: saved[k] for k in KERNELS}, float(saved["seconds"])
+        return saved["terms"], float(saved["seconds"])
     start = time.perf_counter()
     net = arch.network(width, tuple(x.shape[1:]), seed=seed)
     terms = nc.empirical_ntk(net, x, implementation="jacobian", by_layer=True,
                              max_memory=max_memory, progress=progress)
-    kernels = {"NTK": terms.sum(0), "NNGP": terms[-1]}
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**kernels, "seconds": seconds}, path.with_suffix(".tmp"))
+        torch.save({"terms": terms, "seconds": seconds}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
-    return kernels, seconds
+    return terms, seconds
+
+
+def features(terms: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The NTK features' kernel (every layer's term) and the NNGP features' (the readout's)."""
+    return {"NTK": terms.sum(0), "NNGP": terms[-1]}
+
+
+def layer_rows(terms: torch.Tensor, exact: torch.Tensor, width: object, nets: object,
+               seed: object) -> list[dict[str, object]]:
+    """Per layer h: ||H_h - Theta_h||_F over the training Gram matrices (depth, n, n),
+    relative to ||Theta_h||_F and to the whole exact NTK's ||Theta||_F; and
+    ||Theta_h||_F / ||Theta||_F."""
+    whole = float(torch.linalg.norm(exact.sum(0)))
+    rows = []
+    for h, (term, limit) in enumerate(zip(terms, exact, strict=True), 1):
+        error, size = float(torch.linalg.norm(term - limit)), float(torch.linalg.norm(limit))
+        rows.append({"width": width, "nets": nets, "seed": seed, "layer": h,
+                     "relative_error": f"{error / size:.4g}",
+                     "error_of_whole": f"{error / whole:.4g}",
+                     "exact_of_whole": f"{size / whole:.4g}"})
+    return rows
 
 
 def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | None,
-                  progress: bool) -> dict[str, Split]:
-    """The exact NTK and NNGP (float64, ``kernel_matrix``, tiles kept in ``work``)."""
-    train, test = (nc.kernel_matrix(arch, a, b, out=None if work is None else work / name,
-                                    progress=progress)[arch.depth]
-                   for a, b, name in ((x, None, "exact_train"), (z, x, "exact_test")))
-    return {"NTK": (train.ntk, test.ntk), "NNGP": (train.nngp, test.nngp)}
+                  progress: bool) -> tuple[dict[str, Split], torch.Tensor]:
+    """The exact NTK and NNGP (float64, ``kernel_matrix``, tiles kept in ``work``), and the
+    NTK's training Gram matrix by layer, (depth, n, n)."""
+    train = nc.kernel_matrix(arch, x, by_layer=True, progress=progress,
+                             out=None if work is None else work / "exact_train_layers")
+    test = nc.kernel_matrix(arch, z, x, progress=progress,
+                            out=None if work is None else work / "exact_test")
+    train, test = train[arch.depth], test[arch.depth]
+    return {"NTK": (train.ntk.sum(0), test.ntk), "NNGP": (train.nngp, test.nngp)}, train.ntk
 
 
 def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
           test_labels: np.ndarray, seeds: dict[int, int], max_memory: int,
           work: Path | None, on_row: Callable[[dict], object] = print,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Every row: the exact kernels, then per width (``seeds``: width -> nets) each net
-    and the mean kernel of its first s; ``progress`` shows each kernel's progress line."""
-    exact = exact_kernels(arch, x, z, work, progress)
+    and the mean kernel of its first s; and their layer rows (``layer_rows``).
+    ``progress`` shows each kernel's progress line."""
+    exact, exact_layers = exact_kernels(arch, x, z, work, progress)
     fitted = {k: predictions(exact[k], labels) for k in KERNELS}
     reference = {k: fitted[k][0] for k in KERNELS}
     rows: list[dict] = []
+    layers: list[dict] = []
+    n = len(x)
 
     def add(r: dict) -> None:
         rows.append(r)
@@ -136,17 +168,23 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
         total: dict[str, torch.Tensor] = {}
         for seed in range(nets):
             path = None if work is None else work / f"net_w{width}_s{seed}.pt"
-            kernels, seconds = net_kernels(arch, width, seed, everything, max_memory, path,
-                                           progress)
-            for k in KERNELS:
-                gram = kernels[k].double()
+            terms, seconds = net_terms(arch, width, seed, everything, max_memory, path,
+                                       progress)
+            train_terms = terms[:, :n, :n].double()
+            layers += layer_rows(train_terms, exact_layers, width, 1, seed)
+            total["layers"] = total["layers"] + train_terms if seed else train_terms
+            for k, kernel in features(terms).items():
+                gram = kernel.double()
                 total[k] = total[k] + gram if seed else gram
-                add(row(k, width, 1, seed, split(gram, len(x)), exact[k], reference[k], labels,
+                add(row(k, width, 1, seed, split(gram, n), exact[k], reference[k], labels,
                         test_labels, seconds))
                 if seed:  # the mean kernel of the first seed + 1 nets
-                    add(row(k, width, seed + 1, "", split(total[k] / (seed + 1), len(x)),
+                    add(row(k, width, seed + 1, "", split(total[k] / (seed + 1), n),
                             exact[k], reference[k], labels, test_labels))
-    return rows
+            if seed:
+                layers += layer_rows(total["layers"] / (seed + 1), exact_layers, width,
+                                     seed + 1, "")
+    return rows, layers
 
 
 def seeds_per_width(widths: str, seeds: str) -> dict[int, int]:
@@ -160,13 +198,13 @@ def seeds_per_width(widths: str, seeds: str) -> dict[int, int]:
     return dict(zip(chosen, counts, strict=True))
 
 
-def figure(rows: list[dict], path: Path, title: str) -> None:
+def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for kernel, color in zip(KERNELS, ("C0", "C1"), strict=True):
         mine = [r for r in rows if r["kernel"] == kernel]
         exact = next(float(r["accuracy"]) for r in mine if r["width"] == "exact")
@@ -191,10 +229,19 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
         slope = log_log_slope([int(r["width"]) for r in single], errors)
         axes[2].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
                         label=f"{kernel} (slope {slope:.2f})")
+    single = [r for r in layers if r["nets"] == 1]
+    for h in sorted({r["layer"] for r in single}):
+        mine = [r for r in single if r["layer"] == h]
+        widths = [int(r["width"]) for r in mine]
+        errors = [float(r["relative_error"]) for r in mine]
+        axes[3].scatter(widths, errors, color=f"C{h + 1}", s=10,
+                        label=f"layer {h} (slope {log_log_slope(widths, errors):.2f})")
     axes[0].set(xscale="log", xlabel="width", ylabel="test accuracy (%)")
     axes[1].set(xscale="log", xlabel="width", ylabel="test predictions equal to the exact's")
     axes[2].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H - Theta||_F / ||Theta||_F (training Gram)")
+    axes[3].set(xscale="log", yscale="log", xlabel="width",
+                ylabel="||H_h - Theta_h||_F / ||Theta_h||_F (one net, training Gram)")
     widths = sorted({int(r["width"]) for r in rows if r["width"] != "exact"})
     for ax in axes:
         ax.set_xticks(widths, [str(w) for w in widths])
@@ -206,10 +253,10 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| kernel | width | nets | seed | accuracy (%) | minus exact | standard error | "
-             "same as exact | relative error | ridge | seconds |", "|" + "---|" * len(FIELDS)]
-    lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
+def table(rows: list[dict], fields: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(f.replace("_", " ") for f in fields) + " |",
+             "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(str(r[f]) for f in fields) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -234,19 +281,23 @@ def main() -> None:
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root)
     arch = nc.CNN(depth=args.depth, pooling="flatten")
-    rows = study(arch, x, z, labels, test_labels, seeds_per_width(args.widths, args.seeds),
-                 int(args.max_memory_gib * 2**30), args.work,
-                 on_row=lambda r: print(r, flush=True), progress=not args.quiet)
+    rows, layers = study(arch, x, z, labels, test_labels, seeds_per_width(args.widths, args.seeds),
+                         int(args.max_memory_gib * 2**30), args.work,
+                         on_row=lambda r: print(r, flush=True), progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "random_features.csv", FIELDS, rows)
+    write_rows(args.out / "random_features_layers.csv", LAYER_FIELDS, layers)
     setting = (f"CNTK-V depth {args.depth}: empirical NTK features against the exact kernel, "
                f"cifar10-{args.data}, {len(labels)} train / {len(test_labels)} test images")
     (args.out / "random_features.md").write_text(
         f"# {setting}\n\nExact kernels in float64, each net's empirical NTK in float32 (its "
         f"seconds as measured by the run that computed it; this one had "
-        f"{torch.get_num_threads()} threads), regressions in float64.\n\n" + table(rows))
-    figure(rows, args.out / "random_features.png", setting)
-    print(f"wrote {args.out}/random_features.csv, random_features.md and random_features.png")
+        f"{torch.get_num_threads()} threads), regressions in float64; accuracy in percent."
+        f"\n\n{table(rows, FIELDS)}\n## Each layer's term of the NTK (training Gram matrix)"
+        f"\n\n{table(layers, LAYER_FIELDS)}")
+    figure(rows, layers, args.out / "random_features.png", setting)
+    print(f"wrote {args.out}/random_features.csv, random_features_layers.csv, "
+          "random_features.md and random_features.png")
 
 
 if __name__ == "__main__":

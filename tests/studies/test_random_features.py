@@ -1,6 +1,7 @@
 """studies/random_features.py: on CIFAR-10 images, each row regresses with what it names (the
 exact kernels, one net's empirical NTK or its readout layer's term, the mean kernel of the
-first nets), and a stopped run resumes from the kernels it saved."""
+first nets), each layer row compares the terms it names, and a stopped run resumes from the
+kernels it saved."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def run(tmp_path, monkeypatch):
     except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
         pytest.skip(str(missing))
     return list(csv.DictReader(open(tmp_path / "out" / "random_features.csv")))
+
+
+def layer_rows(tmp_path):
+    return list(csv.DictReader(open(tmp_path / "out" / "random_features_layers.csv")))
 
 
 def test_each_row_regresses_with_the_kernel_it_names(tmp_path, monkeypatch):
@@ -68,6 +73,24 @@ def test_each_row_regresses_with_the_kernel_it_names(tmp_path, monkeypatch):
         check(kernels[1], name, "8", "1", "1", exact[name])
         check((kernels[0].double() + kernels[1].double()) / 2, name, "8", "2", "", exact[name])
     assert all(r["ridge"] == "0" for r in rows)
+
+    # each layer's term of the training Gram against the exact term h (Eq. 9)
+    exact_layers = arch.ntk(x, by_layer=True)
+    terms = [nc.empirical_ntk(arch.network(8, (3, 32, 32), seed=s), x.float(), by_layer=True,
+                              implementation="structured") for s in (0, 1)]
+    layers = layer_rows(tmp_path)
+    assert len(layers) == 3 * (2 + 2 + 2)  # depth 3: per width two nets and a mean of two
+    whole = torch.linalg.norm(exact_layers.sum(0))
+    for mine, nets_, seed in ((terms[1].double(), "1", "1"),
+                              ((terms[0].double() + terms[1].double()) / 2, "2", "")):
+        for h in (1, 2, 3):
+            row = next(r for r in layers if (r["width"], r["nets"], r["seed"], r["layer"])
+                       == ("8", nets_, seed, str(h)))
+            error = torch.linalg.norm(mine[h - 1] - exact_layers[h - 1])
+            size = torch.linalg.norm(exact_layers[h - 1])
+            assert float(row["relative_error"]) == pytest.approx(float(error / size), rel=1e-3)
+            assert float(row["error_of_whole"]) == pytest.approx(float(error / whole), rel=1e-3)
+            assert float(row["exact_of_whole"]) == pytest.approx(float(size / whole), rel=1e-3)
     assert float(next(r for r in rows if r["width"] == "4")["relative_error"]) > float(
         next(r for r in rows if r["width"] == "8")["relative_error"]) / 10  # not all zero
 
