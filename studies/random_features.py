@@ -44,8 +44,9 @@ from ntkcheck.studies.table1 import label_targets, paired_difference, standardiz
 
 FIELDS = ("kernel", "width", "nets", "seed", "accuracy", "minus_exact", "standard_error",
           "same_as_exact", "relative_error", "ridge", "seconds")
-LAYER_FIELDS = ("width", "nets", "seed", "layer", "relative_error", "error_of_whole",
-                "exact_of_whole")
+LAYER_FIELDS = ("kernel", "width", "nets", "seed", "layer", "accuracy", "minus_exact",
+                "standard_error", "same_as_exact", "relative_error", "term_relative_error",
+                "term_of_whole", "ridge")
 KERNELS = ("NTK", "NNGP")
 """The whole empirical NTK, and its readout layer's term (the NNGP's random features)."""
 
@@ -55,9 +56,10 @@ Split = tuple[torch.Tensor, torch.Tensor]
 
 
 def split(gram: torch.Tensor, n_train: int) -> Split:
-    """The parts of a Gram matrix over the training then test images that regression uses."""
+    """The parts of a Gram matrix over the training then test images that regression uses
+    (of every layer's, for a (depth, n, n) one), float64."""
     k = gram.double()
-    return k[:n_train, :n_train], k[n_train:, :n_train]
+    return k[..., :n_train, :n_train], k[..., n_train:, :n_train]
 
 
 def predictions(kernel: Split, labels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -109,37 +111,42 @@ def net_terms(arch: nc.CNN, width: int, seed: int, x: torch.Tensor, max_memory: 
     return terms, seconds
 
 
-def features(terms: torch.Tensor) -> dict[str, torch.Tensor]:
+def features(terms: Split) -> dict[str, Split]:
     """The NTK features' kernel (every layer's term) and the NNGP features' (the readout's)."""
-    return {"NTK": terms.sum(0), "NNGP": terms[-1]}
+    return {"NTK": (terms[0].sum(0), terms[1].sum(0)), "NNGP": (terms[0][-1], terms[1][-1])}
 
 
-def layer_rows(terms: torch.Tensor, exact: torch.Tensor, width: object, nets: object,
+def layer_rows(terms: Split, exact_layers: Split, exact: Split, reference: np.ndarray,
+               labels: np.ndarray, test_labels: np.ndarray, width: object, nets: object,
                seed: object) -> list[dict[str, object]]:
-    """Per layer h: ||H_h - Theta_h||_F over the training Gram matrices (depth, n, n),
-    relative to ||Theta_h||_F and to the whole exact NTK's ||Theta||_F; and
-    ||Theta_h||_F / ||Theta||_F."""
-    whole = float(torch.linalg.norm(exact.sum(0)))
+    """Per layer h, the exact NTK with its term h taken from the net(s), Theta - Theta_h +
+    H_h (``terms`` and ``exact_layers``: (depth, ...) training and test matrices), as a row
+    of ``row`` (whose relative_error is then ||H_h - Theta_h||_F / ||Theta||_F), with the
+    term's own ||H_h - Theta_h||_F / ||Theta_h||_F and ||Theta_h||_F / ||Theta||_F."""
     rows = []
-    for h, (term, limit) in enumerate(zip(terms, exact, strict=True), 1):
-        error, size = float(torch.linalg.norm(term - limit)), float(torch.linalg.norm(limit))
-        rows.append({"width": width, "nets": nets, "seed": seed, "layer": h,
-                     "relative_error": f"{error / size:.4g}",
-                     "error_of_whole": f"{error / whole:.4g}",
-                     "exact_of_whole": f"{size / whole:.4g}"})
+    for h in range(len(terms[0])):
+        hybrid = (exact[0] - exact_layers[0][h] + terms[0][h],
+                  exact[1] - exact_layers[1][h] + terms[1][h])
+        size = torch.linalg.norm(exact_layers[0][h])
+        error = torch.linalg.norm(terms[0][h] - exact_layers[0][h])
+        mine = row(f"NTK, layer {h + 1} finite", width, nets, seed, hybrid, exact, reference,
+                   labels, test_labels)
+        del mine["seconds"]
+        rows.append({**mine, "layer": h + 1, "term_relative_error": f"{error / size:.4g}",
+                     "term_of_whole": f"{size / torch.linalg.norm(exact[0]):.4g}"})
     return rows
 
 
 def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | None,
-                  progress: bool) -> tuple[dict[str, Split], torch.Tensor]:
+                  progress: bool) -> tuple[dict[str, Split], Split]:
     """The exact NTK and NNGP (float64, ``kernel_matrix``, tiles kept in ``work``), and the
-    NTK's training Gram matrix by layer, (depth, n, n)."""
-    train = nc.kernel_matrix(arch, x, by_layer=True, progress=progress,
-                             out=None if work is None else work / "exact_train_layers")
-    test = nc.kernel_matrix(arch, z, x, progress=progress,
-                            out=None if work is None else work / "exact_test")
-    train, test = train[arch.depth], test[arch.depth]
-    return {"NTK": (train.ntk.sum(0), test.ntk), "NNGP": (train.nngp, test.nngp)}, train.ntk
+    NTK by layer, (depth, ...) training and test matrices."""
+    train, test = (nc.kernel_matrix(arch, a, b, by_layer=True, progress=progress,
+                                    out=None if work is None else work / name)[arch.depth]
+                   for a, b, name in ((x, None, "exact_train_layers"),
+                                      (z, x, "exact_test_layers")))
+    return ({"NTK": (train.ntk.sum(0), test.ntk.sum(0)), "NNGP": (train.nngp, test.nngp)},
+            (train.ntk, test.ntk))
 
 
 def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
@@ -160,30 +167,32 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
         rows.append(r)
         on_row(r)
 
+    def add_layers(kernel: Split, width: int, nets: int, seed: object) -> None:
+        layers.extend(layer_rows(kernel, exact_layers, exact["NTK"], reference["NTK"], labels,
+                                 test_labels, width, nets, seed))
+
     for k in KERNELS:
         add(row(k, "exact", "", "", exact[k], exact[k], reference[k], labels, test_labels,
                 fitted=fitted[k]))
     everything = torch.cat([x, z]).float()
     for width, nets in seeds.items():
-        total: dict[str, torch.Tensor] = {}
+        summed: Split = (torch.zeros(()), torch.zeros(()))  # of the width's first nets
         for seed in range(nets):
             path = None if work is None else work / f"net_w{width}_s{seed}.pt"
             terms, seconds = net_terms(arch, width, seed, everything, max_memory, path,
                                        progress)
-            train_terms = terms[:, :n, :n].double()
-            layers += layer_rows(train_terms, exact_layers, width, 1, seed)
-            total["layers"] = total["layers"] + train_terms if seed else train_terms
-            for k, kernel in features(terms).items():
-                gram = kernel.double()
-                total[k] = total[k] + gram if seed else gram
-                add(row(k, width, 1, seed, split(gram, n), exact[k], reference[k], labels,
+            mine = split(terms, n)
+            summed = (summed[0] + mine[0], summed[1] + mine[1])
+            mean = (summed[0] / (seed + 1), summed[1] / (seed + 1))
+            for k in KERNELS:
+                add(row(k, width, 1, seed, features(mine)[k], exact[k], reference[k], labels,
                         test_labels, seconds))
-                if seed:  # the mean kernel of the first seed + 1 nets
-                    add(row(k, width, seed + 1, "", split(total[k] / (seed + 1), n),
-                            exact[k], reference[k], labels, test_labels))
+                if seed:
+                    add(row(k, width, seed + 1, "", features(mean)[k], exact[k], reference[k],
+                            labels, test_labels))
+            add_layers(mine, width, 1, seed)
             if seed:
-                layers += layer_rows(total["layers"] / (seed + 1), exact_layers, width,
-                                     seed + 1, "")
+                add_layers(mean, width, seed + 1, "")
     return rows, layers
 
 
@@ -204,7 +213,7 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     for kernel, color in zip(KERNELS, ("C0", "C1"), strict=True):
         mine = [r for r in rows if r["kernel"] == kernel]
         exact = next(float(r["accuracy"]) for r in mine if r["width"] == "exact")
@@ -232,15 +241,21 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
     single = [r for r in layers if r["nets"] == 1]
     for h in sorted({r["layer"] for r in single}):
         mine = [r for r in single if r["layer"] == h]
-        widths = [int(r["width"]) for r in mine]
-        errors = [float(r["relative_error"]) for r in mine]
-        axes[3].scatter(widths, errors, color=f"C{h + 1}", s=10,
-                        label=f"layer {h} (slope {log_log_slope(widths, errors):.2f})")
+        widths = sorted({int(r["width"]) for r in mine})
+        axes[3].plot(widths, [np.mean([float(r["minus_exact"]) for r in mine
+                                       if int(r["width"]) == w]) for w in widths],
+                     color=f"C{h + 1}", marker=".", label=f"layer {h}")
+        errors = [float(r["term_relative_error"]) for r in mine]
+        slope = log_log_slope([int(r["width"]) for r in mine], errors)
+        axes[4].scatter([int(r["width"]) for r in mine], errors, color=f"C{h + 1}", s=10,
+                        label=f"layer {h} (slope {slope:.2f})")
     axes[0].set(xscale="log", xlabel="width", ylabel="test accuracy (%)")
     axes[1].set(xscale="log", xlabel="width", ylabel="test predictions equal to the exact's")
     axes[2].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H - Theta||_F / ||Theta||_F (training Gram)")
-    axes[3].set(xscale="log", yscale="log", xlabel="width",
+    axes[3].set(xscale="log", xlabel="width",
+                ylabel="exact NTK, layer h's term from one net: minus exact (mean)")
+    axes[4].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H_h - Theta_h||_F / ||Theta_h||_F (one net, training Gram)")
     widths = sorted({int(r["width"]) for r in rows if r["width"] != "exact"})
     for ax in axes:
