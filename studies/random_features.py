@@ -213,7 +213,8 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
+    fig, grid = plt.subplots(2, 3, figsize=(16, 9))
+    axes = grid.ravel()
     for kernel, color in zip(KERNELS, ("C0", "C1"), strict=True):
         mine = [r for r in rows if r["kernel"] == kernel]
         exact = next(float(r["accuracy"]) for r in mine if r["width"] == "exact")
@@ -238,25 +239,30 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
         slope = log_log_slope([int(r["width"]) for r in single], errors)
         axes[2].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
                         label=f"{kernel} (slope {slope:.2f})")
-    single = [r for r in layers if r["nets"] == 1]
-    for h in sorted({r["layer"] for r in single}):
-        mine = [r for r in single if r["layer"] == h]
-        widths = sorted({int(r["width"]) for r in mine})
-        axes[3].plot(widths, [np.mean([float(r["minus_exact"]) for r in mine
-                                       if int(r["width"]) == w]) for w in widths],
-                     color=f"C{h + 1}", marker=".", label=f"layer {h}")
-        errors = [float(r["term_relative_error"]) for r in mine]
-        slope = log_log_slope([int(r["width"]) for r in mine], errors)
-        axes[4].scatter([int(r["width"]) for r in mine], errors, color=f"C{h + 1}", s=10,
+    most = max(int(r["nets"]) for r in layers)
+    for h in sorted({r["layer"] for r in layers}):
+        color = f"C{h + 1}"
+        for ax, nets in ((axes[3], 1), (axes[4], most)):
+            mine = [r for r in layers if r["layer"] == h and r["nets"] == nets]
+            widths = sorted({int(r["width"]) for r in mine})
+            ax.plot(widths, [np.mean([float(r["minus_exact"]) for r in mine
+                                      if int(r["width"]) == w]) for w in widths],
+                    color=color, marker=".", label=f"layer {h}")
+        single = [r for r in layers if r["layer"] == h and r["nets"] == 1]
+        errors = [float(r["term_relative_error"]) for r in single]
+        slope = log_log_slope([int(r["width"]) for r in single], errors)
+        axes[5].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
                         label=f"layer {h} (slope {slope:.2f})")
     axes[0].set(xscale="log", xlabel="width", ylabel="test accuracy (%)")
     axes[1].set(xscale="log", xlabel="width", ylabel="test predictions equal to the exact's")
     axes[2].set(xscale="log", yscale="log", xlabel="width",
-                ylabel="||H - Theta||_F / ||Theta||_F (training Gram)")
-    axes[3].set(xscale="log", xlabel="width",
-                ylabel="exact NTK, layer h's term from one net: minus exact (mean)")
-    axes[4].set(xscale="log", yscale="log", xlabel="width",
-                ylabel="||H_h - Theta_h||_F / ||Theta_h||_F (one net, training Gram)")
+                ylabel="||H - Theta||_F / ||Theta||_F", title="training Gram, one net")
+    axes[3].set(xscale="log", xlabel="width", ylabel="accuracy minus the exact NTK's",
+                title="exact NTK with term h from one net (mean over nets)")
+    axes[4].set(xscale="log", xlabel="width", ylabel="accuracy minus the exact NTK's",
+                title=f"exact NTK with term h from the mean kernel of {most} nets")
+    axes[5].set(xscale="log", yscale="log", xlabel="width",
+                ylabel="||H_h - Theta_h||_F / ||Theta_h||_F", title="term h, one net")
     widths = sorted({int(r["width"]) for r in rows if r["width"] != "exact"})
     for ax in axes:
         ax.set_xticks(widths, [str(w) for w in widths])
