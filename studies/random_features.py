@@ -116,24 +116,32 @@ def features(terms: Split) -> dict[str, Split]:
     return {"NTK": (terms[0].sum(0), terms[1].sum(0)), "NNGP": (terms[0][-1], terms[1][-1])}
 
 
+SWAPS = ("exact NTK, net's term h", "net's NTK, exact term h")
+"""The two kernels of a layer row: one term of the exact NTK from the net, and the reverse."""
+
+
 def layer_rows(terms: Split, exact_layers: Split, exact: Split, reference: np.ndarray,
                labels: np.ndarray, test_labels: np.ndarray, width: object, nets: object,
                seed: object) -> list[dict[str, object]]:
-    """Per layer h, the exact NTK with its term h taken from the net(s), Theta - Theta_h +
-    H_h (``terms`` and ``exact_layers``: (depth, ...) training and test matrices), as a row
-    of ``row`` (whose relative_error is then ||H_h - Theta_h||_F / ||Theta||_F), with the
-    term's own ||H_h - Theta_h||_F / ||Theta_h||_F and ||Theta_h||_F / ||Theta||_F."""
+    """Per layer h (``terms`` and ``exact_layers``: (depth, ...) training and test matrices
+    of the net(s)' H and of Theta, Eq. 9), the ``SWAPS``: Theta - Theta_h + H_h, and H - H_h
+    + Theta_h; each as a row of ``row`` (where the first's relative_error is ||H_h -
+    Theta_h||_F / ||Theta||_F), with the term's own ||H_h - Theta_h||_F / ||Theta_h||_F and
+    ||Theta_h||_F / ||Theta||_F."""
+    net = (terms[0].sum(0), terms[1].sum(0))
     rows = []
     for h in range(len(terms[0])):
-        hybrid = (exact[0] - exact_layers[0][h] + terms[0][h],
-                  exact[1] - exact_layers[1][h] + terms[1][h])
         size = torch.linalg.norm(exact_layers[0][h])
         error = torch.linalg.norm(terms[0][h] - exact_layers[0][h])
-        mine = row(f"NTK, layer {h + 1} finite", width, nets, seed, hybrid, exact, reference,
-                   labels, test_labels)
-        del mine["seconds"]
-        rows.append({**mine, "layer": h + 1, "term_relative_error": f"{error / size:.4g}",
-                     "term_of_whole": f"{size / torch.linalg.norm(exact[0]):.4g}"})
+        term = {"layer": h + 1, "term_relative_error": f"{error / size:.4g}",
+                "term_of_whole": f"{size / torch.linalg.norm(exact[0]):.4g}"}
+        for name, base, into, out in ((SWAPS[0], exact, terms, exact_layers),
+                                      (SWAPS[1], net, exact_layers, terms)):
+            swapped = (base[0] - out[0][h] + into[0][h], base[1] - out[1][h] + into[1][h])
+            mine = row(name, width, nets, seed, swapped, exact, reference, labels,
+                       test_labels)
+            del mine["seconds"]
+            rows.append({**mine, **term})
     return rows
 
 
@@ -239,16 +247,20 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
         slope = log_log_slope([int(r["width"]) for r in single], errors)
         axes[2].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
                         label=f"{kernel} (slope {slope:.2f})")
-    most = max(int(r["nets"]) for r in layers)
+    def mean_by_width(chosen: list[dict], field: str) -> tuple[list[int], list[float]]:
+        widths = sorted({int(r["width"]) for r in chosen})
+        return widths, [float(np.mean([float(r[field]) for r in chosen
+                                       if int(r["width"]) == w])) for w in widths]
+
+    net = [r for r in rows if r["kernel"] == "NTK" and r["nets"] == 1]
+    axes[4].plot(*mean_by_width(net, "minus_exact"), "k--", label="no term exact")
     for h in sorted({r["layer"] for r in layers}):
         color = f"C{h + 1}"
-        for ax, nets in ((axes[3], 1), (axes[4], most)):
-            mine = [r for r in layers if r["layer"] == h and r["nets"] == nets]
-            widths = sorted({int(r["width"]) for r in mine})
-            ax.plot(widths, [np.mean([float(r["minus_exact"]) for r in mine
-                                      if int(r["width"]) == w]) for w in widths],
-                    color=color, marker=".", label=f"layer {h}")
-        single = [r for r in layers if r["layer"] == h and r["nets"] == 1]
+        for ax, swap in zip(axes[3:5], SWAPS, strict=True):
+            mine = [r for r in layers if (r["layer"], r["nets"], r["kernel"]) == (h, 1, swap)]
+            ax.plot(*mean_by_width(mine, "minus_exact"), color=color, marker=".",
+                    label=f"layer {h}")
+        single = [r for r in layers if (r["layer"], r["nets"], r["kernel"]) == (h, 1, SWAPS[0])]
         errors = [float(r["term_relative_error"]) for r in single]
         slope = log_log_slope([int(r["width"]) for r in single], errors)
         axes[5].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
@@ -258,9 +270,9 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
     axes[2].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H - Theta||_F / ||Theta||_F", title="training Gram, one net")
     axes[3].set(xscale="log", xlabel="width", ylabel="accuracy minus the exact NTK's",
-                title="exact NTK with term h from one net (mean over nets)")
+                title="the exact NTK with one net's term h (mean over nets)")
     axes[4].set(xscale="log", xlabel="width", ylabel="accuracy minus the exact NTK's",
-                title=f"exact NTK with term h from the mean kernel of {most} nets")
+                title="one net's NTK with the exact term h (mean over nets)")
     axes[5].set(xscale="log", yscale="log", xlabel="width",
                 ylabel="||H_h - Theta_h||_F / ||Theta_h||_F", title="term h, one net")
     widths = sorted({int(r["width"]) for r in rows if r["width"] != "exact"})

@@ -74,27 +74,31 @@ def test_each_row_regresses_with_the_kernel_it_names(tmp_path, monkeypatch):
         check((kernels[0].double() + kernels[1].double()) / 2, name, "8", "2", "", exact[name])
     assert all(r["ridge"] == "0" for r in rows)
 
-    # the exact NTK with one layer's term from the net(s) (Eq. 9's term h)
+    # one term of the exact NTK from the net(s), and the reverse (Eq. 9's term h)
     exact_layers = arch.ntk(everything, by_layer=True)
     terms = [nc.empirical_ntk(arch.network(8, (3, 32, 32), seed=s), everything.float(),
                               by_layer=True, implementation="structured") for s in (0, 1)]
     layers = layer_rows(tmp_path)
-    assert len(layers) == 3 * (2 + 2 + 2)  # depth 3: per width two nets and a mean of two
+    assert len(layers) == 2 * 3 * (2 + 2 + 2)  # depth 3: per width two nets and a mean of two
     whole = torch.linalg.norm(exact["NTK"][:24, :24])
     for mine, nets_, seed in ((terms[1].double(), "1", "1"),
                               ((terms[0].double() + terms[1].double()) / 2, "2", "")):
         for h in (1, 2, 3):
-            hybrid = exact["NTK"] - exact_layers[h - 1] + mine[h - 1]
-            got = predicted(hybrid[:24, :24], hybrid[24:, :24], labels)
-            row = next(r for r in layers if (r["width"], r["nets"], r["seed"], r["layer"])
-                       == ("8", nets_, seed, str(h)))
-            assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", row
             error = torch.linalg.norm(mine[h - 1, :24, :24] - exact_layers[h - 1, :24, :24])
             size = torch.linalg.norm(exact_layers[h - 1, :24, :24])
-            assert float(row["relative_error"]) == pytest.approx(float(error / whole), rel=1e-3)
-            assert float(row["term_relative_error"]) == pytest.approx(float(error / size),
-                                                                      rel=1e-3)
-            assert float(row["term_of_whole"]) == pytest.approx(float(size / whole), rel=1e-3)
+            for swap, kernel in (
+                    (features.SWAPS[0], exact["NTK"] - exact_layers[h - 1] + mine[h - 1]),
+                    (features.SWAPS[1], mine.sum(0) - mine[h - 1] + exact_layers[h - 1])):
+                got = predicted(kernel[:24, :24], kernel[24:, :24], labels)
+                row = next(r for r in layers if (r["kernel"], r["width"], r["nets"], r["seed"],
+                                                 r["layer"]) == (swap, "8", nets_, seed, str(h)))
+                assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", row
+                relative = torch.linalg.norm(kernel[:24, :24] - exact["NTK"][:24, :24]) / whole
+                assert float(row["relative_error"]) == pytest.approx(float(relative), rel=1e-3)
+                assert float(row["term_relative_error"]) == pytest.approx(float(error / size),
+                                                                          rel=1e-3)
+                assert float(row["term_of_whole"]) == pytest.approx(float(size / whole),
+                                                                    rel=1e-3)
 
 
 def test_seeds_per_width():
