@@ -18,12 +18,13 @@ each net's NTK and NNGP features, the mean kernel of the first s nets of a width
 Carlo estimate of the limit with s samples), and the exact NTK and NNGP.  Per row: the
 accuracy; its difference from the exact kernel's with the paired standard error; the test
 predictions equal to the exact kernel's; the relative Frobenius error of the training Gram
-matrix against the exact one; the ridge.  Per layer h (random_features_layers.csv), where
-the NTK's error comes from: the training Gram of each net's (and each mean kernel's) term h
-against the exact term h (``kernel_matrix(..., by_layer=True)``, Eq. 9), relative to that
-term and to the whole exact NTK.  Writes DIR/random_features.csv, random_features_layers.csv,
-.md and .png; ``--work`` keeps the exact kernel's tiles and each net's layer terms, so a
-stopped run resumes.
+matrix against the exact one; the ridge.  Where the NTK features lose accuracy, per layer h
+(random_features_layers.csv; Eq. 9's terms, the exact ones by ``kernel_matrix(...,
+by_layer=True)``): the same regression and columns for the exact NTK with the net's (or the
+mean kernel's) term h in place of its own, and for the net's NTK with the exact term h; and
+the term's relative Frobenius error and share of the exact NTK.  Writes
+DIR/random_features.csv, random_features_layers.csv, .md and .png; ``--work`` keeps the
+exact kernel's tiles and each net's layer terms, so a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -192,12 +193,13 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
             mine = split(terms, n)
             summed = (summed[0] + mine[0], summed[1] + mine[1])
             mean = (summed[0] / (seed + 1), summed[1] / (seed + 1))
+            one, many = features(mine), features(mean)
             for k in KERNELS:
-                add(row(k, width, 1, seed, features(mine)[k], exact[k], reference[k], labels,
+                add(row(k, width, 1, seed, one[k], exact[k], reference[k], labels,
                         test_labels, seconds))
                 if seed:
-                    add(row(k, width, seed + 1, "", features(mean)[k], exact[k], reference[k],
-                            labels, test_labels))
+                    add(row(k, width, seed + 1, "", many[k], exact[k], reference[k], labels,
+                            test_labels))
             add_layers(mine, width, 1, seed)
             if seed:
                 add_layers(mean, width, seed + 1, "")
@@ -215,6 +217,13 @@ def seeds_per_width(widths: str, seeds: str) -> dict[int, int]:
     return dict(zip(chosen, counts, strict=True))
 
 
+def mean_by_width(rows: list[dict], field: str) -> tuple[list[int], list[float]]:
+    """The widths of ``rows`` and the mean of ``field`` at each."""
+    widths = sorted({int(r["width"]) for r in rows})
+    return widths, [float(np.mean([float(r[field]) for r in rows if int(r["width"]) == w]))
+                    for w in widths]
+
+
 def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -227,15 +236,13 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
         mine = [r for r in rows if r["kernel"] == kernel]
         exact = next(float(r["accuracy"]) for r in mine if r["width"] == "exact")
         single = [r for r in mine if r["nets"] == 1]
-        widths = sorted({int(r["width"]) for r in single})
         most = max(int(r["nets"]) for r in mine if r["width"] != "exact")
         ensemble = {int(r["width"]): float(r["accuracy"]) for r in mine
                     if r["width"] != "exact" and int(r["nets"]) == most}
         axes[0].scatter([int(r["width"]) for r in single],
                         [float(r["accuracy"]) for r in single], color=color, s=10, alpha=0.6)
-        axes[0].plot(widths, [np.mean([float(r["accuracy"]) for r in single
-                                       if int(r["width"]) == w]) for w in widths],
-                     color=color, label=f"{kernel} features, one net (mean)")
+        axes[0].plot(*mean_by_width(single, "accuracy"), color=color,
+                     label=f"{kernel} features, one net (mean)")
         if most > 1:
             axes[0].plot(sorted(ensemble), [ensemble[w] for w in sorted(ensemble)], "--",
                          color=color, label=f"{kernel} features, mean kernel of {most} nets")
@@ -247,11 +254,6 @@ def figure(rows: list[dict], layers: list[dict], path: Path, title: str) -> None
         slope = log_log_slope([int(r["width"]) for r in single], errors)
         axes[2].scatter([int(r["width"]) for r in single], errors, color=color, s=10,
                         label=f"{kernel} (slope {slope:.2f})")
-    def mean_by_width(chosen: list[dict], field: str) -> tuple[list[int], list[float]]:
-        widths = sorted({int(r["width"]) for r in chosen})
-        return widths, [float(np.mean([float(r[field]) for r in chosen
-                                       if int(r["width"]) == w])) for w in widths]
-
     net = [r for r in rows if r["kernel"] == "NTK" and r["nets"] == 1]
     axes[4].plot(*mean_by_width(net, "minus_exact"), "k--", label="no term exact")
     for h in sorted({r["layer"] for r in layers}):
@@ -326,8 +328,8 @@ def main() -> None:
         f"# {setting}\n\nExact kernels in float64, each net's empirical NTK in float32 (its "
         f"seconds as measured by the run that computed it; this one had "
         f"{torch.get_num_threads()} threads), regressions in float64; accuracy in percent."
-        f"\n\n{table(rows, FIELDS)}\n## Each layer's term of the NTK (training Gram matrix)"
-        f"\n\n{table(layers, LAYER_FIELDS)}")
+        f"\n\n{table(rows, FIELDS)}\n## One layer's term swapped between the exact NTK and "
+        f"the net's\n\n{table(layers, LAYER_FIELDS)}")
     figure(rows, layers, args.out / "random_features.png", setting)
     print(f"wrote {args.out}/random_features.csv, random_features_layers.csv, "
           "random_features.md and random_features.png")
