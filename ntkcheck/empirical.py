@@ -180,22 +180,32 @@ def _choose(net: nn.Module, n1: int, n2: int, gram: bool, k: int, prof: _Profile
     return min(costs, key=costs.__getitem__), costs
 
 
+def _contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(b1, k, p) x (b2, k, p) -> (b1, b2, k, k), sum over p: one matrix product against a
+    transposed view (einsum may copy an operand to make it contiguous, the size of a chunk's
+    Jacobians)."""
+    product = a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T
+    return product.reshape(len(a), a.shape[1], len(b), b.shape[1]).permute(0, 2, 1, 3)
+
+
 def _jacobian_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> _Method:
     f = _flat_outputs(net, params)
 
     def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return f(p, x[None])[0]
 
-    def jacobians(x: torch.Tensor) -> list[torch.Tensor]:
-        """(b, k, parameters) per group; a frozen group's has no columns (its term: 0)."""
+    def jacobians(x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per group, the (b, k, numel) Jacobian of each of its parameters, kept apart: one
+        concatenated copy would hold every Jacobian twice at the peak."""
         jac = vmap(jacrev(one), in_dims=(None, 0))(params, x)
-        flat = {n: j.reshape(len(x), j.shape[1], -1) for n, j in jac.items()}
-        none = x.new_zeros(len(x), next(iter(flat.values())).shape[1], 0)
-        return [torch.cat([none] + [flat[n] for n in names], -1) for names in groups]
+        return [[jac[n].reshape(len(x), jac[n].shape[1], -1) for n in names]
+                for names in groups]
 
-    def pair(j1: list[torch.Tensor], j2: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([torch.einsum("ikp,jlp->ijkl", a, b)
-                            for a, b in zip(j1, j2, strict=True)])
+    def pair(j1: list[list[torch.Tensor]], j2: list[list[torch.Tensor]]) -> torch.Tensor:
+        a, b = _leaves(j1)[0], _leaves(j2)[0]
+        zero = a.new_zeros(len(a), len(b), a.shape[1], b.shape[1])  # a frozen group's term
+        return torch.stack([sum((_contract(p, q) for p, q in zip(g1, g2, strict=True)), zero)
+                            for g1, g2 in zip(j1, j2, strict=True)])
 
     return _Method(jacobians, pair)
 
@@ -350,6 +360,7 @@ def _features_of(method: _Method, x: torch.Tensor, chunk: int,
             held = _map(lambda t: t.new_empty(len(x), *t.shape[1:]), part)
         for whole, piece in zip(_leaves(held), _leaves(part), strict=True):
             whole[start:start + len(piece)] = piece.detach()
+        del part  # before the next chunk's are computed, so that one chunk's are alive at once
     return held
 
 
@@ -384,7 +395,10 @@ def _fill(out: torch.Tensor, method: _Method, x1: torch.Tensor, x2: torch.Tensor
                 a1 = min(a0 + sizes.pair_rows, last)
                 rows = _take(held, slice(a0 - r0, a1 - r0))
                 out[:, a0:a1, c0:c1] = method.pair(rows, cols).detach()
+                del rows  # a view of the panel: it would keep the panel alive past `del held`
                 bar.advance(_pairs_counted(range(a0, a1), range(c0, c1), gram))
+            del cols  # before the next columns' features are computed: one chunk's at once
+        del held  # before the next panel's: else two panels are held at its peak
 
 
 def _mirror_upper(out: torch.Tensor, step: int) -> None:
