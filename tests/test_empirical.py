@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -204,6 +206,45 @@ def test_features_are_computed_as_often_as_the_cost_model_counts(monkeypatch, gr
     assert sum(computed) == passes
     if schedule[1] >= 5:
         assert passes == (5 if gram else 9)
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
+@pytest.mark.parametrize("schedule", SCHEDULES + [(2, 4, 2), (1, 1, 1)])
+def test_features_are_freed_before_the_next_are_computed(monkeypatch, gram, schedule):
+    """The budget holds a panel and one chunk's features: when a panel's features are
+    computed no earlier ones are alive (not the previous chunk's, nor the previous panel),
+    and when a column chunk's are, only the panel (a single chunk's result) may be."""
+    alive, returned, building = [], [], []
+    build, features_of = empirical._jacobian_method, empirical._features_of
+
+    def tracking(*args):
+        method = build(*args)
+
+        def features(x):
+            live = sum(ref() is not None for ref in returned) // 3  # 3 weight matrices
+            alive.append(("panel" if building else "columns", live))
+            result = method.features(x)
+            # the tensors that own the memory, which any view of them keeps alive
+            returned.extend(weakref.ref(t if t._base is None else t._base)
+                            for t in empirical._leaves(result))
+            return result
+
+        return empirical._Method(features, method.pair)
+
+    def panel(*args):
+        building.append(True)
+        try:
+            return features_of(*args)
+        finally:
+            building.pop()
+
+    monkeypatch.setattr(empirical, "_jacobian_method", tracking)
+    monkeypatch.setattr(empirical, "_features_of", panel)
+    monkeypatch.setattr(empirical, "_sizes", lambda *a: empirical._Sizes(*schedule))
+    net = nc.FC(depth=3).network(4, (3,), seed=0, dtype=torch.float64)
+    x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    nc.empirical_ntk(net, x1, None if gram else x2, implementation="jacobian")
+    assert len(alive) > 2 and all(live <= (kind == "columns") for kind, live in alive), alive
 
 
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
