@@ -182,8 +182,7 @@ def _choose(net: nn.Module, n1: int, n2: int, gram: bool, k: int, prof: _Profile
 
 def _contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(b1, k, p) x (b2, k, p) -> (b1, b2, k, k), sum over p: one matrix product against a
-    transposed view (einsum may copy an operand to make it contiguous, the size of a chunk's
-    Jacobians)."""
+    transposed view, which copies neither operand."""
     product = a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T
     return product.reshape(len(a), a.shape[1], len(b), b.shape[1]).permute(0, 2, 1, 3)
 
