@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from empirical_ntk import write_results  # this script's neighbour
 
 import ntkcheck as nc
 from ntkcheck import empirical
@@ -74,16 +74,7 @@ def main() -> None:
                                    capture_output=True, text=True, check=True)
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "device": f"cpu ({platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads)",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "ntkcheck": nc.__version__},
-        "rows": rows,
-    }, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(Path(args.out), torch.device("cpu"), rows)
 
 
 if __name__ == "__main__":

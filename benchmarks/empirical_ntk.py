@@ -89,7 +89,11 @@ def main() -> None:
                     rows.append({"case": case, "compare": f"{a} vs {b}",
                                  "max_relative_difference": diff})
     name = "empirical_ntk_cuda.json" if device.type == "cuda" else "empirical_ntk_cpu.json"
-    out = Path(args.out) if args.out else RESULTS / name
+    write_results(Path(args.out) if args.out else RESULTS / name, device, rows)
+
+
+def write_results(out: Path, device: torch.device, rows: list[dict]) -> None:
+    """The rows as JSON, with the device and the versions that produced them."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
