@@ -129,13 +129,13 @@ def layer_rows(terms: Split, exact_layers: Split, exact: Split, reference: np.nd
     + Theta_h; each as a row of ``row`` (where the first's relative_error is ||H_h -
     Theta_h||_F / ||Theta||_F), with the term's own ||H_h - Theta_h||_F / ||Theta_h||_F and
     ||Theta_h||_F / ||Theta||_F."""
-    net = (terms[0].sum(0), terms[1].sum(0))
+    net, whole = features(terms)["NTK"], torch.linalg.norm(exact[0])
     rows = []
     for h in range(len(terms[0])):
         size = torch.linalg.norm(exact_layers[0][h])
         error = torch.linalg.norm(terms[0][h] - exact_layers[0][h])
         term = {"layer": h + 1, "term_relative_error": f"{error / size:.4g}",
-                "term_of_whole": f"{size / torch.linalg.norm(exact[0]):.4g}"}
+                "term_of_whole": f"{size / whole:.4g}"}
         for name, base, into, out in ((SWAPS[0], exact, terms, exact_layers),
                                       (SWAPS[1], net, exact_layers, terms)):
             swapped = (base[0] - out[0][h] + into[0][h], base[1] - out[1][h] + into[1][h])
@@ -154,8 +154,8 @@ def exact_kernels(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, work: Path | N
                                     out=None if work is None else work / name)[arch.depth]
                    for a, b, name in ((x, None, "exact_train_layers"),
                                       (z, x, "exact_test_layers")))
-    return ({"NTK": (train.ntk.sum(0), test.ntk.sum(0)), "NNGP": (train.nngp, test.nngp)},
-            (train.ntk, test.ntk))
+    layers = (train.ntk, test.ntk)
+    return {"NTK": features(layers)["NTK"], "NNGP": (train.nngp, test.nngp)}, layers
 
 
 def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
@@ -192,8 +192,10 @@ def study(arch: nc.CNN, x: torch.Tensor, z: torch.Tensor, labels: np.ndarray,
                                        progress)
             mine = split(terms, n)
             summed = (summed[0] + mine[0], summed[1] + mine[1])
-            mean = (summed[0] / (seed + 1), summed[1] / (seed + 1))
-            one, many = features(mine), features(mean)
+            one = features(mine)
+            if seed:  # the mean kernel of the first seed + 1 nets
+                mean = (summed[0] / (seed + 1), summed[1] / (seed + 1))
+                many = features(mean)
             for k in KERNELS:
                 add(row(k, width, 1, seed, one[k], exact[k], reference[k], labels,
                         test_labels, seconds))
