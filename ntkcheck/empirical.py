@@ -6,9 +6,10 @@ trainable parameters theta, computed three exact ways (and "auto" to pick one).
 - ``"ntk-vp"``: NTK-vector products, never a Jacobian of a batch: for each output of x2 a
   vjp gives J2^T e (one parameter-sized vector), and a jvp of f(x1) along it gives J1 J2^T e.
 - ``"structured"``: the layer structure of ntkcheck's own networks: a weight layer's term is
-  (a . a') (delta . delta') for a dense layer (a its input, delta = df/dz at its output) and
-  the patch-correlation form for a convolution (``nets.layers``), from one forward and one
-  backward pass per output.
+  (a . a') (delta . delta') for a dense layer (a its input, delta = df/dz at its output); a
+  convolution's is its per-sample gradients contracted, or on tiny images the
+  patch-correlation form (``nets.layers``); all from one forward and one backward pass per
+  output.
 - ``"auto"``: the cheapest of the three by the flop model of ``choose_implementation``.
 
 With k outputs H is (n1, n2, k, k) under ``full_outputs=True``; otherwise the mean of its k
@@ -34,7 +35,7 @@ from ._checks import check_bool
 from ._progress import Progress
 from .architectures import DEFAULT_MAX_MEMORY
 from .kernels.recursion import pair_count
-from .nets.layers import WEIGHT_LAYERS, Conv, Dense
+from .nets.layers import WEIGHT_LAYERS, Conv, Dense, contract
 from .nets.network import Network
 
 Implementation = Literal["auto", "jacobian", "ntk-vp", "structured"]
@@ -174,17 +175,13 @@ def _choose(net: nn.Module, n1: int, n2: int, gram: bool, k: int, prof: _Profile
         "ntk-vp": 3.0 * f * k * n1 * n2 + 3.0 * f * k * n2,
     }
     if isinstance(net, Network):
-        layers = _structured_layers(net)
-        costs["structured"] = (1.0 + 2.0 * k) * f * passes("structured") + sum(
-            m.ntk_flops(n1, n2, k, prof.layer_inputs[m]) for m in layers)
+        # one forward and k backward passes per sample computed, each layer's features of
+        # them, then each layer's pairing of the features
+        samples = passes("structured")
+        costs["structured"] = (1.0 + 2.0 * k) * f * samples + sum(
+            m.ntk_flops(samples, n1 * n2, k, prof.layer_inputs[m])
+            for m in _structured_layers(net))
     return min(costs, key=costs.__getitem__), costs
-
-
-def _contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(b1, k, p) x (b2, k, p) -> (b1, b2, k, k), sum over p: one matrix product against a
-    transposed view, which copies neither operand."""
-    product = a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T
-    return product.reshape(len(a), a.shape[1], len(b), b.shape[1]).permute(0, 2, 1, 3)
 
 
 def _jacobian_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Groups) -> _Method:
@@ -203,7 +200,7 @@ def _jacobian_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Gr
     def pair(j1: list[list[torch.Tensor]], j2: list[list[torch.Tensor]]) -> torch.Tensor:
         a, b = _leaves(j1)[0], _leaves(j2)[0]
         zero = a.new_zeros(len(a), len(b), a.shape[1], b.shape[1])  # a frozen group's term
-        return torch.stack([sum((_contract(p, q) for p, q in zip(g1, g2, strict=True)), zero)
+        return torch.stack([sum((contract(p, q) for p, q in zip(g1, g2, strict=True)), zero)
                             for g1, g2 in zip(j1, j2, strict=True)])
 
     return _Method(jacobians, pair)
@@ -241,7 +238,8 @@ def _ntk_vp_method(net: nn.Module, params: dict[str, torch.Tensor], groups: Grou
 def _structured_method(net: Network, by_layer: bool) -> _Method:
     layers = _structured_layers(net)
 
-    def inputs_and_deltas(x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def layer_features(x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Each weight layer's ``ntk_features`` of its inputs and deltas."""
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -258,18 +256,17 @@ def _structured_method(net: Network, by_layer: bool) -> _Method:
         finally:
             for h in handles:
                 h.remove()
-        stacked = [torch.stack([d[i] for d in deltas], 1) for i in range(len(layers))]
-        return [seen[m][0] for m in layers], stacked
+        return [m.ntk_features(seen[m][0], torch.stack([d[i] for d in deltas], 1))
+                for i, m in enumerate(layers)]
 
     def pair(f1: Features, f2: Features) -> torch.Tensor:
-        (a1, d1), (a2, d2) = f1, f2
-        terms = {m: m.ntk(a1[i], d1[i], a2[i], d2[i]) for i, m in enumerate(layers)}
+        terms = {m: m.ntk(f1[i], f2[i]) for i, m in enumerate(layers)}
         if not by_layer:
             return functools.reduce(torch.add, terms.values())[None]
         zero = torch.zeros_like(next(iter(terms.values())))  # a frozen layer's term
         return torch.stack([terms.get(m, zero) for m in net.weight_layers()])
 
-    return _Method(inputs_and_deltas, pair)
+    return _Method(layer_features, pair)
 
 
 def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> int:
@@ -280,19 +277,27 @@ def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> 
     if name == "ntk-vp":  # b k parameter-sized vectors, b^2 k jvp activations
         a, b_ = 2 * k * prof.activations * element, k * prof.params * element
         return max(1, int((-b_ + math.sqrt(b_ * b_ + 4 * a * max_memory)) / (2 * a)))
-    # structured: activations and k deltas per sample, per-sample gradients of the conv
-    # layers that take the gradient form, and (b1, b2, positions^2) patch correlations
-    # for those that take the correlation form
-    convs = [(m, s) for m, s in prof.layer_inputs.items() if isinstance(m, Conv)]
-    per_sample = 2 * ((1 + 2 * k) * prof.activations
-                      + k * sum(m.weight.numel() for m, _ in convs)) * element
+    # structured: activations and k deltas per sample, the layers' features (gradients of
+    # the convolutions that hold them), and (b1, b2, positions^2) patch correlations for
+    # the convolutions that do not
+    per_sample = 2 * ((1 + 2 * k) * prof.activations + _structured_numel(prof, k)) * element
     size = max(1, max_memory // per_sample)
-    for m, shape in convs:
-        gradient, correlation = m._forms(size, size, k, shape)
-        if correlation < gradient:
-            pairs = max(1, max_memory // (2 * math.prod(shape[2:]) ** 2 * element))
-            size = max(1, min(size, math.isqrt(pairs)))
+    for shape in _correlating(prof, k):
+        pairs = max(1, max_memory // (2 * math.prod(shape[2:]) ** 2 * element))
+        size = max(1, min(size, math.isqrt(pairs)))
     return size
+
+
+def _structured_numel(prof: _Profile, k: int) -> int:
+    """Numel of one sample's "structured" features, summed over the trained layers."""
+    return sum(m.ntk_feature_numel(k, shape) for m, shape in prof.layer_inputs.items()
+               if m.weight.requires_grad)
+
+
+def _correlating(prof: _Profile, k: int) -> list[tuple[int, ...]]:
+    """Input shapes of the convolutions whose terms take the patch-correlation form."""
+    return [shape for m, shape in prof.layer_inputs.items() if isinstance(m, Conv)
+            and m.weight.requires_grad and not m.holds_gradients(k, shape)]
 
 
 class _Sizes(NamedTuple):
@@ -306,18 +311,19 @@ class _Sizes(NamedTuple):
 
 def _sizes(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> _Sizes:
     """Half of ``max_memory`` holds a panel of rows' features (Jacobians: k P per sample;
-    structured: the layer inputs and k deltas), the other half the work on a column chunk.
+    structured: each layer's ``ntk_features``), the other half the work on a column chunk.
     Every row's features are then computed once, and the columns' once per panel.  ntk-vp
     has nothing worth holding (its features are the inputs): its chunks take it all."""
     if name == "ntk-vp":
         chunk = _chunk(name, prof, k, element, max_memory)
         return _Sizes(chunk, chunk, chunk)
     chunk = _chunk(name, prof, k, element, max_memory // 2)
-    held = k * prof.params if name == "jacobian" else (1 + k) * prof.activations
+    held = k * prof.params if name == "jacobian" else _structured_numel(prof, k)
     panel = max(chunk, max_memory // 2 // (held * element) // chunk * chunk)
-    # a Jacobian panel is paired at once (one product); structured pairs keep the chunk's
-    # bound on their (b1, b2, positions^2) patch correlations
-    return _Sizes(chunk, panel, panel if name == "jacobian" else chunk)
+    # a panel is paired at once (one product per layer), except where patch correlations,
+    # (b1, b2, positions^2), keep the chunk's bound
+    correlating = name == "structured" and _correlating(prof, k)
+    return _Sizes(chunk, panel, chunk if correlating else panel)
 
 
 def _feature_passes(n1: int, n2: int, gram: bool, panel: int) -> int:

@@ -138,6 +138,24 @@ def test_both_convolution_forms_are_exact(monkeypatch, form):
           brute_force(net, x, x))
 
 
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
+def test_convolution_gradients_are_computed_once_per_feature_pass(monkeypatch, gram):
+    """"structured" holds a convolution's per-sample gradients with the panel's features:
+    each trained convolution unfolds a sample's patches once for every time its features are
+    computed (``_feature_passes``), not once for every block of pairs it meets."""
+    unfolded = []
+    patches = Conv._patches
+    monkeypatch.setattr(Conv, "_patches", lambda self, a: unfolded.append(len(a)) or patches(
+        self, a))
+    monkeypatch.setattr(empirical, "_sizes", lambda *a: empirical._Sizes(1, 2, 2))
+    arch = nc.CNN(depth=4, pooling="gap", fix_first_last=True)  # 2 trained convolutions
+    net = arch.network(4, (2, 5, 4), seed=0, dtype=torch.float64)
+    x1, x2 = torch.randn(5, 2, 5, 4, dtype=torch.float64), torch.randn(4, 2, 5, 4,
+                                                                        dtype=torch.float64)
+    nc.empirical_ntk(net, x1, None if gram else x2, implementation="structured")
+    assert sum(unfolded) == 2 * empirical._feature_passes(5, 5 if gram else 4, gram, 2)
+
+
 def test_any_module_works_with_jacobian_and_ntk_vp():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()

@@ -5,9 +5,12 @@ Weights are N(0, 1) and carry no scale; the NTK parametrization's multipliers li
 convolution; Eq. 6 and Sec. 4), so a weight layer's output is z = W a on its input a.
 
 For a weight layer, df/dW = delta a^T (dense) or sum_p delta_p patch_p(a)^T (convolution),
-where delta = df/dz.  ``ntk`` turns the inputs and deltas of two batches into that layer's
-term of the empirical NTK <df(x)/dW, df(x')/dW>, in the cheapest of its exact forms, without
-a parameter-sized Jacobian where the layer allows it.
+where delta = df/dz.  A layer's term of the empirical NTK <df(x)/dW, df(x')/dW> comes in two
+steps, so that what is per sample is computed once per sample: ``ntk_features`` turns a
+batch's inputs and deltas into the layer's features (the factors a and delta, or for a
+convolution on a large image its per-sample gradients), and ``ntk`` pairs two batches'
+features, in the cheapest of the layer's exact forms; a parameter-sized gradient only where
+it costs less.
 """
 
 from __future__ import annotations
@@ -34,14 +37,22 @@ class Dense(nn.Module):
     def flops(self, a_shape: tuple[int, ...]) -> float:
         return 2.0 * self.weight.numel()
 
-    def ntk(self, a1: torch.Tensor, d1: torch.Tensor, a2: torch.Tensor, d2: torch.Tensor
-            ) -> torch.Tensor:
-        """(n1, n2, k, k): (a . a') (delta_c . delta'_c'); a (n, in), delta (n, k, out)."""
+    def ntk_features(self, a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The factors themselves: a (n, in), delta (n, k, out)."""
+        return a, delta
+
+    def ntk_feature_numel(self, k: int, a_shape: tuple[int, ...]) -> int:
+        return self.weight.shape[1] + k * self.weight.shape[0]
+
+    def ntk(self, f1: tuple[torch.Tensor, ...], f2: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(n1, n2, k, k): (a . a') (delta_c . delta'_c')."""
+        (a1, d1), (a2, d2) = f1, f2
         return torch.einsum("ij,ijkl->ijkl", a1 @ a2.T,
                             torch.einsum("ikh,jlh->ijkl", d1, d2))
 
-    def ntk_flops(self, n1: int, n2: int, k: int, a_shape: tuple[int, ...]) -> float:
-        return 2.0 * n1 * n2 * (self.weight.shape[1] + k * k * self.weight.shape[0])
+    def ntk_flops(self, samples: int, pairs: int, k: int, a_shape: tuple[int, ...]) -> float:
+        """Flops of ``ntk`` over ``pairs`` sample pairs (its features cost nothing)."""
+        return 2.0 * pairs * (self.weight.shape[1] + k * k * self.weight.shape[0])
 
 
 class Conv(nn.Module):
@@ -63,33 +74,58 @@ class Conv(nn.Module):
     def flops(self, a_shape: tuple[int, ...]) -> float:
         return 2.0 * self.weight.numel() * math.prod(a_shape[-2:])
 
-    def _forms(self, n1: int, n2: int, k: int, a_shape: tuple[int, ...]) -> tuple[float, float]:
-        """Flops of the gradient form and of the patch-correlation form."""
+    def _forms(self, samples: int, pairs: int, k: int, a_shape: tuple[int, ...]
+               ) -> tuple[float, float]:
+        """Flops of the gradient form (each of ``samples`` gradients, then a contraction
+        per pair) and of the patch-correlation form, over ``pairs`` sample pairs."""
         out, patch = self.weight.shape[0], self.weight[0].numel()
         positions = math.prod(a_shape[-2:])
-        gradient = 2.0 * out * patch * k * ((n1 + n2) * positions + n1 * n2 * k)
-        correlation = 2.0 * n1 * n2 * positions**2 * (k * k * out + patch)
+        gradient = 2.0 * out * patch * k * (samples * positions + pairs * k)
+        correlation = 2.0 * pairs * positions**2 * (k * k * out + patch)
         return gradient, correlation
 
-    def ntk_flops(self, n1: int, n2: int, k: int, a_shape: tuple[int, ...]) -> float:
-        return min(self._forms(n1, n2, k, a_shape))
+    def holds_gradients(self, k: int, a_shape: tuple[int, ...]) -> bool:
+        """Whether the features are the per-sample gradients: when their contraction costs
+        less per pair than the patch correlation, i.e. unless the image is tiny (for
+        C = C' = 128, q = 3, k = 1: 10 positions or fewer).  Their own cost is per sample,
+        paid once for every sample whose features are computed."""
+        gradient, correlation = self._forms(0, 1, k, a_shape)
+        return gradient <= correlation
 
-    def ntk(self, a1: torch.Tensor, d1: torch.Tensor, a2: torch.Tensor, d2: torch.Tensor
-            ) -> torch.Tensor:
-        """(n1, n2, k, k); a (n, C, H, W), delta (n, k, C', H, W).  Either the per-sample
-        gradients sum_p delta_p patch_p^T contracted (cheap for large images), or the
+    def ntk_features(self, a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """a (n, C, H, W), delta (n, k, C', H, W) -> the per-sample gradients
+        sum_p delta_p patch_p^T, (n, k, C' C q^2), or the factors a and delta themselves."""
+        if not self.holds_gradients(delta.shape[1], tuple(a.shape)):
+            return a, delta
+        gradients = torch.einsum("ikop,ipc->ikoc", delta.flatten(3), self._patches(a))
+        return (gradients.flatten(2),)
+
+    def ntk_feature_numel(self, k: int, a_shape: tuple[int, ...]) -> int:
+        if self.holds_gradients(k, a_shape):
+            return k * self.weight.numel()
+        return (a_shape[1] + k * self.weight.shape[0]) * math.prod(a_shape[-2:])
+
+    def ntk_flops(self, samples: int, pairs: int, k: int, a_shape: tuple[int, ...]) -> float:
+        """Flops of ``ntk_features`` for ``samples`` samples and ``ntk`` over ``pairs``."""
+        gradient, correlation = self._forms(samples, pairs, k, a_shape)
+        return gradient if self.holds_gradients(k, a_shape) else correlation
+
+    def ntk(self, f1: tuple[torch.Tensor, ...], f2: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """(n1, n2, k, k): two batches' per-sample gradients contracted, or the
         patch-correlation form sum_{p, p'} (delta_p . delta'_p') (patch_p . patch'_p')
         (cheap for small images and wide layers); both exact."""
-        n1, k = d1.shape[:2]
-        p1, p2 = self._patches(a1), self._patches(a2)
-        e1, e2 = d1.flatten(3), d2.flatten(3)  # (n, k, C', positions)
-        gradient, correlation = self._forms(n1, d2.shape[0], k, tuple(a1.shape))
-        if gradient <= correlation:
-            g1 = torch.einsum("ikop,ipc->ikoc", e1, p1).flatten(2)
-            g2 = torch.einsum("ikop,ipc->ikoc", e2, p2).flatten(2)
-            return torch.einsum("ikg,jlg->ijkl", g1, g2)
-        patches = torch.einsum("ipc,jqc->ijpq", p1, p2)
-        return torch.einsum("ikop,jloq,ijpq->ijkl", e1, e2, patches)
+        if len(f1) == 1:
+            return contract(f1[0], f2[0])
+        (a1, d1), (a2, d2) = f1, f2
+        patches = torch.einsum("ipc,jqc->ijpq", self._patches(a1), self._patches(a2))
+        return torch.einsum("ikop,jloq,ijpq->ijkl", d1.flatten(3), d2.flatten(3), patches)
+
+
+def contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(b1, k, p) x (b2, k', p) -> (b1, b2, k, k'), sum over p: one matrix product against a
+    transposed view, which copies neither operand."""
+    product = a.reshape(-1, a.shape[-1]) @ b.reshape(-1, b.shape[-1]).T
+    return product.reshape(len(a), a.shape[1], len(b), b.shape[1]).permute(0, 2, 1, 3)
 
 
 class ScaledReLU(nn.Module):
