@@ -35,7 +35,7 @@ from ntkcheck import empirical
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = {  # arch, width, input shape, n, budget in MiB, implementations
     "cnn_flatten_d6_w128_n800": (nc.CNN(depth=6, pooling="flatten"), 128, (3, 32, 32), 800,
-                                 2048, ("jacobian",)),
+                                 2048, ("jacobian", "structured")),
     "cnn_flatten_d6_w256_n300": (nc.CNN(depth=6, pooling="flatten"), 256, (3, 32, 32), 300,
                                  2048, ("jacobian",)),
     "fc_d3_w2048_n256": (nc.FC(depth=3), 2048, (784,), 256, 1024, ("jacobian", "structured")),

@@ -111,9 +111,10 @@ class Conv(nn.Module):
         return gradient if self.holds_gradients(k, a_shape) else correlation
 
     def ntk(self, f1: tuple[torch.Tensor, ...], f2: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """(n1, n2, k, k): two batches' per-sample gradients contracted, or the
-        patch-correlation form sum_{p, p'} (delta_p . delta'_p') (patch_p . patch'_p')
-        (cheap for small images and wide layers); both exact."""
+        """(n1, n2, k, k) from two batches' ``ntk_features``: their per-sample gradients
+        (one tensor) contracted, or from the factors a and delta the patch-correlation form
+        sum_{p, p'} (delta_p . delta'_p') (patch_p . patch'_p') (cheap for tiny images and
+        wide layers); both exact."""
         if len(f1) == 1:
             return contract(f1[0], f2[0])
         (a1, d1), (a2, d2) = f1, f2
