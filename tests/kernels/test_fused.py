@@ -210,6 +210,47 @@ def test_tma_that_does_not_compile_falls_back_to_pointers_once(monkeypatch):
     for k in (got, again):
         assert ((k.double().cpu() - want.cpu()).abs().max() / want.abs().max()) < TOLERANCE
 
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: what "auto" decides is then testable anywhere."""
+
+    is_cuda = True
+
+
+class _TookFused(Exception):
+    pass
+
+
+def test_auto_takes_the_fused_kernel_exactly_for_cuda_float32_cnn_inputs(monkeypatch):
+    """The fused kernel for CUDA float32 CNN inputs it supports (and wherever "triton" is
+    asked for and can run); the reference, silently, for float64, FC, a split by layer or
+    backend="torch"; with a warning for what it cannot take (images above 64x64)."""
+    def fused_kernels(*args, **kwargs):
+        raise _TookFused
+
+    monkeypatch.setattr(fused, "fused_kernels", fused_kernels)
+    x = torch.randn(2, 2, 3, 3)
+    cnn, fc = nc.CNN(depth=3, pooling="gap"), nc.FC(depth=3)
+    with pytest.raises(_TookFused):
+        cnn.ntk(x.as_subclass(_OnCuda))
+    with pytest.raises(_TookFused):
+        cnn.nngp(x.as_subclass(_OnCuda), x.as_subclass(_OnCuda))
+    with pytest.raises(_TookFused):  # "triton" insists, here on the CPU under the interpreter
+        cnn.ntk(x, backend="triton")
+    reference = [
+        (cnn.ntk, x.double(), {}), (cnn.ntk, x, {"by_layer": True}),
+        (cnn.ntk, x, {"backend": "torch"}), (cnn.nngp, x, {"backend": "torch"}),
+        (fc.ntk, x.flatten(1), {}),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for kernel, inputs, options in reference:
+            got = kernel(inputs.as_subclass(_OnCuda), **options)
+            want = kernel(inputs, **{**options, "backend": "torch"})
+            torch.testing.assert_close(got.as_subclass(torch.Tensor), want)
+    with pytest.warns(UserWarning, match=r"torch reference.*larger than 64x64"):
+        cnn.ntk(torch.randn(1, 1, 65, 1).as_subclass(_OnCuda))
+
+
 # ----------------------------------------------------------------- GPU only (pytest -m gpu)
 
 def cifar_images(n: int) -> torch.Tensor:
