@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ntkcheck as nc
+from ntkcheck.kernels.patches import patch_sum
 
 from . import literal
 
@@ -118,6 +119,26 @@ def test_tiles_under_a_tiny_memory_bound_give_the_same_matrices(rng, pooling):
             torch.testing.assert_close(tiled[d], whole[d], rtol=1e-13, atol=0)
     gram = arch.ntk(x1, by_layer=True, max_memory=one_pair)
     assert torch.equal(gram, gram.mT)
+
+
+def test_layer_rule_runs_once_per_input_and_twice_per_tile_and_layer(rng, monkeypatch):
+    """Depth L on one-pair tiles: the per-image variances take the patch sum L - 1 times
+    per input set (Sigma^(0) and h = 1 .. L - 2, whatever the number of pairs); each tile
+    takes it once for Sigma^(0) and twice (Sigma, Theta) for each of layers 1 .. L - 2,
+    none after the last activation, whose K and K-dot go straight to the readout."""
+    calls = {"image": 0, "pair": 0}
+
+    def counting(t, axes, radius):
+        calls["pair" if len(axes[0]) == 2 else "image"] += 1
+        return patch_sum(t, axes, radius)
+
+    monkeypatch.setattr("ntkcheck.kernels.rules.patch_sum", counting)
+    x1 = torch.from_numpy(rng.normal(size=(3, 2, 3, 3)))
+    arch = nc.CNN(depth=5, pooling="gap")
+    for x2, sides, tiles in ((None, 1, 6), (x1[:2], 2, 6)):
+        calls.update(image=0, pair=0)
+        arch.ntk(x1, x2, max_memory=9**2 * 8 * 10)  # one pair per tile
+        assert calls == {"image": sides * (5 - 1), "pair": tiles * (1 + 2 * (5 - 2))}
 
 
 def test_float32_error_against_float64(rng):
