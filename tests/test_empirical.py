@@ -10,7 +10,7 @@ from torch import nn
 
 import ntkcheck as nc
 from ntkcheck import empirical
-from ntkcheck.nets import Conv
+from ntkcheck.nets import Conv, Dense
 
 IMPLEMENTATIONS = ["jacobian", "ntk-vp", "structured", "auto"]
 
@@ -136,6 +136,18 @@ def test_both_convolution_forms_are_exact(monkeypatch, form):
     x = torch.randn(3, 2, 4, 3, dtype=torch.float64)
     close(nc.empirical_ntk(net, x, implementation="structured", full_outputs=True),
           brute_force(net, x, x))
+
+
+@pytest.mark.parametrize("form", [0, 1], ids=["gradient", "patch-correlation"])
+def test_the_memory_model_counts_what_the_features_hold(monkeypatch, form):
+    """``ntk_feature_numel`` (what sizes the panels under ``max_memory``) is the number of
+    elements a layer's ``ntk_features`` return per sample, for k = 2 outputs."""
+    monkeypatch.setattr(Conv, "_forms", lambda self, *a: (form, 1 - form))
+    n, k = 3, 2
+    for layer, a, delta in ((Dense(5, 7), torch.randn(n, 5), torch.randn(n, k, 7)),
+                            (Conv(3, 4, 3), torch.randn(n, 3, 6, 5), torch.randn(n, k, 4, 6, 5))):
+        held = sum(f.numel() for f in layer.ntk_features(a, delta))
+        assert held == n * layer.ntk_feature_numel(k, tuple(a.shape)), type(layer).__name__
 
 
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "cross"])
