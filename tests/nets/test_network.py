@@ -27,6 +27,8 @@ def literal_forward(arch, weights, x):
 
 
 ARCHS = [
+    (nc.FC(depth=1), (5,)),  # the smallest depths: the linear model; one convolution
+    (nc.CNN(depth=2, pooling="flatten"), (1, 3, 4)),  # one channel, as grayscale
     (nc.FC(depth=3), (5,)),
     (nc.FC(depth=4, fix_first_last=True), (5,)),
     (nc.CNN(depth=3, pooling="flatten"), (2, 5, 4)),
