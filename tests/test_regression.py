@@ -32,10 +32,11 @@ def test_t_infinity_is_the_literal_formula_and_interpolates():
     torch.testing.assert_close(scalar, torch.from_numpy(literal[:, 0]), rtol=1e-9, atol=0)
 
 
-def test_ridge_is_added_to_the_diagonal():
+@pytest.mark.parametrize("ridge", [0.3, 1.0])
+def test_ridge_is_added_to_the_diagonal(ridge):
     k, y, k_test = problem(seed=1)
-    literal = k_test.numpy() @ np.linalg.solve(k.numpy() + 0.3 * np.eye(7), y.numpy())
-    np.testing.assert_allclose(kernel_regression(k, y, k_test, ridge=0.3).numpy(), literal,
+    literal = k_test.numpy() @ np.linalg.solve(k.numpy() + ridge * np.eye(7), y.numpy())
+    np.testing.assert_allclose(kernel_regression(k, y, k_test, ridge=ridge).numpy(), literal,
                                rtol=1e-9)
 
 
@@ -89,7 +90,14 @@ def test_ill_conditioned_kernel_warns_and_auto_adds_the_smallest_ridge():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = KernelRegression(ridge="auto").fit(hilbert, torch.ones(12, dtype=torch.float64))
-    assert 0 < model.ridge_ < 1e-9
+    # the smallest of mean(diag) x 1e-12, 1e-11, ... that brings the condition number
+    # (here from eigvalsh) to 1e12 or below: 1e-11, where 1e-12 leaves it at 9.7e12
+    eigenvalues = np.linalg.eigvalsh(hilbert.numpy())
+    grid = [float(hilbert.diagonal().mean()) * 10.0**e for e in range(-12, -1)]
+    chosen = grid.index(model.ridge_)
+    conditions = [(eigenvalues.max() + r) / (eigenvalues.min() + r) for r in grid]
+    assert conditions[chosen] <= 1e12, conditions
+    assert all(c > 1e12 for c in conditions[:chosen]), (chosen, conditions)
     well_conditioned, y, _ = problem()
     assert KernelRegression(ridge="auto").fit(well_conditioned, y).ridge_ == 0.0
 
