@@ -84,6 +84,8 @@ def test_a_seed_gives_the_same_network_on_cuda():
     (dict(width=0, input_shape=(3,)), "width must be >= 1"),
     (dict(width=2.5, input_shape=(3,)), "width must be an int"),
     (dict(width=4, input_shape=(3, 4)), r"input_shape must be \(d,\)"),
+    (dict(width=4, input_shape=(0,)), r"input_shape must be \(d,\): 1 positive ints"),
+    (dict(width=4, input_shape=(True,)), r"input_shape must be \(d,\): 1 positive ints"),
     (dict(width=4, input_shape=(3,), outputs=0), "outputs must be >= 1"),
     (dict(width=4, input_shape=(3,), seed=-1), "seed must be >= 0"),
 ])
