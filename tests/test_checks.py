@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,15 @@ def test_bad_architecture(make, error, words):
 def test_bad_call(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+@pytest.mark.parametrize("arch", [nc.FC(depth=3), nc.CNN(depth=3, pooling="gap")], ids=repr)
+def test_an_architecture_cannot_be_changed_past_its_checks(arch):
+    """Architectures are values: a setting cannot be changed after __post_init__ checked
+    it (depth=0 would skip the depth check), and equal settings are equal, hashable keys."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        arch.depth = 0
+    assert {arch: 1}[dataclasses.replace(arch)] == 1
 
 
 def test_zero_and_constant_images_give_finite_kernels():

@@ -18,6 +18,7 @@ def test_progress_reports_pairs_rate_and_eta(capsys):
     err = capsys.readouterr().err
     assert "kernel pairs: 10/10" in err and "/s" in err and "ETA" in err
     nc.CNN(depth=3, pooling="gap").ntk(x)
+    nc.CNN(depth=3, pooling="gap").nngp(x)
     assert capsys.readouterr().err == ""
 
 

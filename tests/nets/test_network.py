@@ -65,6 +65,12 @@ def test_seeds_reproduce_the_same_network_in_any_dtype():
                               single.parameters(), strict=True):
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
         assert ps.dtype == torch.float32 and torch.equal(ps, pa.float())
+    # by default: seed 0 and one output, f(x) of shape (n,)
+    default = arch.network(5, (3, 4, 4), dtype=torch.float64)
+    zero = arch.network(5, (3, 4, 4), seed=0, dtype=torch.float64, outputs=1)
+    assert all(torch.equal(p, q) for p, q in zip(default.parameters(), zero.parameters(),
+                                                   strict=True))
+    assert default(torch.randn(2, 3, 4, 4, dtype=torch.float64)).shape == (2,)
     # weights are N(0, 1): a wide layer's sample moments say so
     w = nc.FC(depth=2).network(4096, (256,), seed=0, dtype=torch.float64).layers[0].weight.detach()
     assert abs(float(w.mean())) < 5 / 1024 and abs(float(w.std()) - 1) < 5 / 1024
