@@ -116,7 +116,8 @@ def _flat_outputs(net: nn.Module, params: dict[str, torch.Tensor]):
 
 class _Profile:
     """Per-sample sizes and costs of a net, measured on one sample: forward flops F,
-    activation numel A, trainable parameter count P, weight layers and their inputs."""
+    activation numel A, trainable parameter count P, trained weight layers and their
+    inputs (what "structured" computes features for)."""
 
     def __init__(self, net: nn.Module, x: torch.Tensor) -> None:
         self.params = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -129,7 +130,8 @@ class _Profile:
             if isinstance(module, WEIGHT_LAYERS):
                 shape = tuple(inputs[0].shape)
                 self.flops += module.flops(shape)
-                self.layer_inputs[module] = shape
+                if module.weight.requires_grad:
+                    self.layer_inputs[module] = shape
 
         leaves = [m for m in net.modules() if not list(m.children())]
         handles = [m.register_forward_hook(hook) for m in leaves]
@@ -179,8 +181,7 @@ def _choose(net: nn.Module, n1: int, n2: int, gram: bool, k: int, prof: _Profile
         # them, then each layer's pairing of the features
         samples = passes("structured")
         costs["structured"] = (1.0 + 2.0 * k) * f * samples + sum(
-            m.ntk_flops(samples, n1 * n2, k, prof.layer_inputs[m])
-            for m in _structured_layers(net))
+            m.ntk_flops(samples, n1 * n2, k, shape) for m, shape in prof.layer_inputs.items())
     return min(costs, key=costs.__getitem__), costs
 
 
@@ -290,14 +291,13 @@ def _chunk(name: str, prof: _Profile, k: int, element: int, max_memory: int) -> 
 
 def _structured_numel(prof: _Profile, k: int) -> int:
     """Numel of one sample's "structured" features, summed over the trained layers."""
-    return sum(m.ntk_feature_numel(k, shape) for m, shape in prof.layer_inputs.items()
-               if m.weight.requires_grad)
+    return sum(m.ntk_feature_numel(k, shape) for m, shape in prof.layer_inputs.items())
 
 
 def _correlating(prof: _Profile, k: int) -> list[tuple[int, ...]]:
     """Input shapes of the convolutions whose terms take the patch-correlation form."""
-    return [shape for m, shape in prof.layer_inputs.items() if isinstance(m, Conv)
-            and m.weight.requires_grad and not m.holds_gradients(k, shape)]
+    return [shape for m, shape in prof.layer_inputs.items()
+            if isinstance(m, Conv) and not m.holds_gradients(k, shape)]
 
 
 class _Sizes(NamedTuple):
