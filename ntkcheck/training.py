@@ -31,7 +31,8 @@ class History:
     ``kernel_change_fro`` is ||H(t) - H(0)||_F / ||H(0)||_F, ``kernel_change_op`` is
     ||H(t) - H(0)||_2 (spectral norm, absolute); ``layer_kernel_change[i][h - 1]`` is
     ||H_h(t) - H_h(0)||_F / ||H_h(0)||_F for layer h's term of H (``empirical_ntk``'s
-    ``by_layer`` rows; NaN for a layer that does not train); ``weight_change[i][name]`` is
+    ``by_layer`` rows); either is NaN where its H(0) is zero (a layer that does not train;
+    x = 0, which gives the paper's bias-free nets no gradient); ``weight_change[i][name]`` is
     ||W(t) - W(0)||_F / ||W(0)||_F per trainable parameter.  ``max_stable_lr`` is
     2 / lambda_max(kappa^2 H(0)) (learning rates at or above it diverge).
     """
@@ -59,6 +60,12 @@ class NotConvergedError(RuntimeError):
 
 def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
     return 0.5 * ((kappa * net(x) - y) ** 2).sum()
+
+
+def _relative(change: torch.Tensor, norm: float) -> float:
+    """||change||_F / norm; NaN where the kernel it is relative to is zero (a layer that does
+    not train, or inputs that give the net no gradient, as x = 0 does)."""
+    return float(change.norm()) / norm if norm > 0 else math.nan
 
 
 def _identity(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float, lr: float,
@@ -102,7 +109,11 @@ def max_stable_lr(
 ) -> float:
     """2 / lambda_max(kappa^2 H(0)): gradient descent on the linearized net diverges at or
     above this learning rate."""
-    h0 = kappa**2 * empirical_ntk(net, x, implementation=implementation)
+    return _stable_lr(kappa**2 * empirical_ntk(net, x, implementation=implementation))
+
+
+def _stable_lr(h0: torch.Tensor) -> float:
+    """2 / lambda_max(h0); inf where h0 is zero (x gives no gradient: nothing moves)."""
     top = float(torch.linalg.eigvalsh(h0.double()).max())
     return 2.0 / top if top > 0 else math.inf
 
@@ -169,8 +180,7 @@ def train(
     history = History()
     h0_layers = kernel()
     h0 = h0_layers.sum(0)
-    top = float(torch.linalg.eigvalsh(h0.double()).max())
-    history.max_stable_lr = 2.0 / top if top > 0 else math.inf  # as max_stable_lr, from h0
+    history.max_stable_lr = _stable_lr(h0)
     if lr >= history.max_stable_lr:
         raise ValueError(f"lr={lr:g} is not stable: gradient descent diverges for lr >= "
                          f"2 / lambda_max(kappa^2 H(0)) = {history.max_stable_lr:.4g}; "
@@ -188,10 +198,10 @@ def train(
         history.steps.append(step)
         history.loss.append(loss)
         history.ntk.append(h.detach().cpu())
-        history.kernel_change_fro.append(float(change.norm()) / h0_norm)
+        history.kernel_change_fro.append(_relative(change, h0_norm))
         history.kernel_change_op.append(float(torch.linalg.matrix_norm(change, ord=2)))
         history.layer_kernel_change.append([
-            float((now - then).norm()) / norm if norm > 0 else math.nan
+            _relative(now - then, norm)
             for now, then, norm in zip(layers, h0_layers, layer_norms, strict=True)])
         history.weight_change.append({
             name: float((p.detach() - initial[name]).norm() / initial[name].norm())

@@ -70,6 +70,19 @@ def test_an_unstable_learning_rate_is_refused_with_the_largest_stable_one():
     assert history.max_stable_lr == pytest.approx(limit)
 
 
+def test_inputs_that_give_no_gradient_train_nothing_and_say_so_with_nan():
+    """x = 0: the paper's nets have no bias, so f = 0 and H = 0; every rate is stable and the
+    relative kernel changes, ||H(t) - H(0)|| / ||H(0)||, are NaN (0 / 0), not an error."""
+    net, x, y = problem()
+    zero = torch.zeros_like(x)
+    assert max_stable_lr(net, zero) == math.inf
+    history = train(net, zero, y, lr=1.0, steps=2, record_every=1)
+    assert history.max_stable_lr == math.inf and history.loss[0] == history.loss[-1]
+    assert all(math.isnan(v) for v in history.kernel_change_fro)
+    assert all(math.isnan(v) for layers in history.layer_kernel_change for v in layers)
+    assert history.kernel_change_op == [0.0, 0.0, 0.0]
+
+
 def test_wider_nets_move_their_kernel_less():
     changes = []
     for width in (64, 1024):
