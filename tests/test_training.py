@@ -70,6 +70,16 @@ def test_an_unstable_learning_rate_is_refused_with_the_largest_stable_one():
     assert history.max_stable_lr == pytest.approx(limit)
 
 
+def test_the_stable_rate_is_two_over_the_top_eigenvalue_of_kappa_squared_h():
+    net, x, y = problem()
+    top = float(torch.linalg.eigvalsh(nc.empirical_ntk(net, x)).max())
+    assert max_stable_lr(net, x) == pytest.approx(2 / top, rel=1e-12)  # kappa = 1
+    assert max_stable_lr(net, x, kappa=0.5) == pytest.approx(8 / top, rel=1e-12)
+    limit = train(net, x, y, lr=0.5 * max_stable_lr(net, x), steps=0).max_stable_lr
+    with pytest.raises(ValueError, match="is not stable"):  # "at or above" it
+        train(problem()[0], x, y, lr=limit, steps=1)
+
+
 def test_inputs_that_give_no_gradient_train_nothing_and_say_so_with_nan():
     """x = 0: the paper's nets have no bias, so f = 0 and H = 0; every rate is stable and the
     relative kernel changes, ||H(t) - H(0)|| / ||H(0)||, are NaN (0 / 0), not an error."""
@@ -81,6 +91,13 @@ def test_inputs_that_give_no_gradient_train_nothing_and_say_so_with_nan():
     assert all(math.isnan(v) for v in history.kernel_change_fro)
     assert all(math.isnan(v) for layers in history.layer_kernel_change for v in layers)
     assert history.kernel_change_op == [0.0, 0.0, 0.0]
+
+
+def test_defaults_record_every_100_steps_silently(capsys):
+    net, x, y = problem(width=16)
+    history = train(net, x, y, lr=0.5 * max_stable_lr(net, x), steps=150)
+    assert history.steps == [0, 100, 150]
+    assert capsys.readouterr().err == ""
 
 
 def test_wider_nets_move_their_kernel_less():
