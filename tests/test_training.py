@@ -49,6 +49,18 @@ def test_each_layers_kernel_change_is_recorded():
     for h in (1, 2):  # the trained hidden layers
         want = float((after[h] - before[h]).norm() / before[h].norm())
         assert last[h] == pytest.approx(want, rel=1e-9) and want > 0
+    change = after.sum(0) - before.sum(0)  # and the whole kernel's, both norms
+    assert history.kernel_change_fro[-1] == pytest.approx(
+        float(change.norm() / before.sum(0).norm()), rel=1e-9)
+    assert history.kernel_change_op[-1] == pytest.approx(
+        float(torch.linalg.svdvals(change)[0]), rel=1e-9)
+    initial = {name: p.detach() for name, p in nc.FC(depth=4, fix_first_last=True).network(
+        16, (6,), seed=1, dtype=torch.float64).named_parameters()}
+    trained = {name: p.detach() for name, p in net.named_parameters() if p.requires_grad}
+    assert set(history.weight_change[-1]) == set(trained) and len(trained) == 2
+    for name, p in trained.items():
+        want = float((p - initial[name]).norm() / initial[name].norm())
+        assert history.weight_change[-1][name] == pytest.approx(want, rel=1e-9) and want > 0
 
 
 def test_until_loss_stops_there_and_records_the_last_step():
@@ -75,6 +87,7 @@ def test_the_stable_rate_is_two_over_the_top_eigenvalue_of_kappa_squared_h():
     top = float(torch.linalg.eigvalsh(nc.empirical_ntk(net, x)).max())
     assert max_stable_lr(net, x) == pytest.approx(2 / top, rel=1e-12)  # kappa = 1
     assert max_stable_lr(net, x, kappa=0.5) == pytest.approx(8 / top, rel=1e-12)
+    assert max_stable_lr(net, x, kappa=1e-3) == pytest.approx(2e6 / top, rel=1e-12)
     limit = train(net, x, y, lr=0.5 * max_stable_lr(net, x), steps=0).max_stable_lr
     with pytest.raises(ValueError, match="is not stable"):  # "at or above" it
         train(problem()[0], x, y, lr=limit, steps=1)
@@ -114,8 +127,9 @@ def test_bad_arguments():
     net, x, y = problem()
     with pytest.raises(ValueError, match="exactly one of steps"):
         train(net, x, y, lr=0.1)
-    with pytest.raises(ValueError, match="lr must be a positive"):
-        train(net, x, y, lr=-1.0, steps=1)
+    for lr in (-1.0, 0.0):
+        with pytest.raises(ValueError, match="lr must be a positive"):
+            train(net, x, y, lr=lr, steps=1)
     with pytest.raises(ValueError, match="kappa must be a positive"):
         train(net, x, y, lr=0.1, kappa=0.0, steps=1)
     with pytest.raises(ValueError, match=r"y must be a tensor of the net's output shape \(8,\)"):
@@ -174,6 +188,25 @@ def test_more_steps_continue_a_run_that_ran_out(tmp_path):
     assert resumed.steps == [0, 10, *whole.steps[1:]]  # also where the first run stopped
     assert resumed.kernel_change_fro[-1] == pytest.approx(whole.kernel_change_fro[-1],
                                                           rel=1e-10)
+
+
+def test_progress_counts_the_steps_left_and_checkpoints_wait_checkpoint_every(tmp_path,
+                                                                             capsys):
+    net, x, y = problem(width=16)
+    lr, path = 0.5 * max_stable_lr(net, x), tmp_path / "run.pt"
+    with pytest.raises(Stop):
+        train(net, x, y, lr=lr, steps=5, checkpoint=path, checkpoint_every=0,
+              on_step=steps_seen([], stop_at=3))
+    capsys.readouterr()
+
+    def saved_step():
+        return torch.load(path, weights_only=True)["step"]
+
+    seen = []  # the checkpoint's step at the end of each step
+    train(problem(width=16)[0], x, y, lr=lr, steps=5, checkpoint=path, checkpoint_every=1e9,
+          progress=True, on_step=lambda step, loss: seen.append(saved_step()))
+    assert seen == [3, 3] and saved_step() == 5  # steps 4 and 5 saved only at the end
+    assert capsys.readouterr().err.rstrip().rsplit("\r", 1)[-1].startswith("steps: 2/2 ")
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
