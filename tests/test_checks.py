@@ -38,6 +38,7 @@ def test_bad_architecture(make, error, words):
     (lambda: nc.CNN(depth=3).ntk(X, X[:, :2]), ValueError, "x1 and x2 must agree"),
     (lambda: nc.FC(depth=3).nngp(V, V[:, :4]), ValueError, "x1 and x2 must agree"),
     (lambda: nc.CNN(depth=3).ntk(X[:, :, :0]), ValueError, "non-empty"),
+    (lambda: nc.FC(depth=3).ntk(V[:, :0]), ValueError, r"non-empty \(n, d\) dims"),
     (lambda: nc.CNN(depth=3).ntk(X.long()), TypeError, "x1 must have dtype float32 or float64"),
     (lambda: nc.FC(depth=3).ntk(V, V.to(torch.complex128)), TypeError, "x2 must have dtype"),
     (lambda: nc.FC(depth=3).ntk(V.half()), TypeError, "float32 or float64"),

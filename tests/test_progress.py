@@ -31,6 +31,22 @@ def test_nothing_to_do_prints_nothing(capsys, tmp_path):
     assert capsys.readouterr().err == ""
 
 
+def test_the_line_gives_count_rate_elapsed_and_eta_at_most_twice_a_second(capsys, monkeypatch):
+    now = [10.0]
+    monkeypatch.setattr("ntkcheck._progress.time.perf_counter", lambda: now[0])
+    with Progress(10, "pairs") as bar:
+        for at, n in [(12.0, 4),  # drawn: 2 s in
+                      (12.4, 1),  # not: 0.4 s after the last line
+                      (12.5, 1),  # drawn: 0.5 s after it
+                      (12.5, 4)]:  # drawn: the last unit of work
+            now[0] = at
+            bar.advance(n)
+    lines = [line.rstrip() for line in capsys.readouterr().err.split("\r")[1:]]
+    assert lines == ["pairs: 4/10  2.0/s  elapsed 2s  ETA 3s",
+                     "pairs: 6/10  2.4/s  elapsed 2s  ETA 2s",
+                     "pairs: 10/10  4.0/s  elapsed 2s  ETA 0s"]
+
+
 def test_a_note_follows_the_count_and_a_shorter_line_blanks_the_longer(capsys, monkeypatch):
     clock = iter(range(0, 100, 1))  # a second passes between any two readings: all drawn
     monkeypatch.setattr("ntkcheck._progress.time.perf_counter", lambda: next(clock))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ntkcheck.data import cifar10, cifar10_exact, data_root, standardize, write_slice
-from ntkcheck.data.cifar10 import EXACT_SUBSET, JPEG_ZIP, official_names
+from ntkcheck.data.cifar10 import EXACT_SUBSET, JPEG_ZIP, cache_dir, official_names
 
 
 def test_first_images_and_labels_in_official_order():
@@ -111,9 +111,23 @@ def test_jpeg_loader_bad_arguments(tmp_path, monkeypatch, cache):
         cifar10("val")
     with pytest.raises(ValueError, match="n must be between 0 and 10000"):
         cifar10("test", n=10_001)
+    with pytest.raises(ValueError, match="n must be between 0 and 50000 for the train"):
+        cifar10("train", n=50_001)
     monkeypatch.setenv("NTKCHECK_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"cifar10_jpeg.zip not found.*{tmp_path}"):
         cifar10("test", n=1)
+
+
+def test_the_cache_is_ntkcheck_cache_else_under_xdg_cache_home_else_home(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("NTKCHECK_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("NTKCHECK_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "ntkcheck"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ntkcheck"
 
 
 def test_exact_subset_with_jpeg_pixels_is_the_same_images():
