@@ -133,6 +133,10 @@ def test_the_cache_is_ntkcheck_cache_else_under_xdg_cache_home_else_home(tmp_pat
 def test_exact_subset_with_jpeg_pixels_is_the_same_images():
     exact, labels = cifar10_exact("train", n=300)
     jpeg, jpeg_labels = cifar10_exact("train", n=300, pixels="jpeg")
+    with np.load(data_root() / EXACT_SUBSET) as archive:  # each from its own source
+        np.testing.assert_array_equal(exact, archive["x_train"][:300])
+        assert (archive["train_index"][:20] == np.arange(20)).all()
+    np.testing.assert_array_equal(jpeg[:20], cifar10("train", n=20)[0])
     np.testing.assert_array_equal(labels, jpeg_labels)
     diff = np.abs(jpeg.astype(float) - exact).mean(axis=(1, 2, 3))
     assert diff.max() < 13.5 and 3 < diff.mean() < 8  # the README's 5.8 on average
