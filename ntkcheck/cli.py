@@ -39,9 +39,9 @@ def _demo(args: argparse.Namespace) -> None:
     pairs = len(x) * (len(x) + 1) // 2
     print(f"{arch}\non the first {len(x)} CIFAR-10 test images (exact pixels, {dtype}):")
     names = [CLASSES[c][:8] for c in labels]
-    print(" " * 10 + "".join(f"{n:>11}" for n in names))
-    for name, row in zip(names, gram.tolist(), strict=True):
-        print(f"{name:>10}" + "".join(f"{v:11.5f}" for v in row))
+    print(" " * 10 + "".join(f"{n:>12}" for n in names))
+    for name, row in zip(names, gram.tolist(), strict=True):  # a space apart, however wide
+        print(f"{name:>10}" + "".join(f" {v:11.5f}" for v in row))
     print(f"{pairs} pairs in {seconds:.2f} s = {seconds / pairs * 1e3:.1f} ms per pair "
           f"on {torch.get_num_threads()} CPU threads")
 

@@ -11,11 +11,21 @@ import ntkcheck as nc
 from ntkcheck.cli import main
 
 
-def test_demo_prints_a_gram_matrix_and_timing(capsys):
-    assert main(["demo", "--n", "2", "--depth", "3", "--pooling", "flatten"]) == 0
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+def test_demo_prints_the_gram_matrix_of_the_first_test_images(capsys, pooling):
+    """In the paper's settings (GAP with the first and last layer fixed), float64."""
+    assert main(["demo", "--n", "2", "--depth", "3", "--pooling", pooling]) == 0
     out = capsys.readouterr().out
-    assert "CNN(depth=3, pooling='flatten'" in out and "ms per pair" in out
-    assert len([line for line in out.splitlines() if line.startswith("  ")]) >= 2
+    arch = nc.CNN(depth=3, pooling=pooling, fix_first_last=pooling == "gap")
+    images, labels = nc.data.cifar10_exact("test", 2)
+    x = nc.data.standardize(images, reference=nc.data.cifar10_exact("train")[0])
+    want = arch.ntk(x)
+    rows = [line.split() for line in out.splitlines() if line.startswith(" ") and "." in line]
+    assert f"{arch!r}\non the first 2 CIFAR-10 test images" in out
+    assert [row[0] for row in rows] == [nc.data.CLASSES[c][:8] for c in labels]
+    np.testing.assert_allclose([[float(v) for v in row[1:]] for row in rows], want.numpy(),
+                               rtol=0, atol=5e-6)  # printed to 5 decimals
+    assert "3 pairs in " in out and "ms per pair" in out
 
 
 def test_bad_arguments_give_one_line_errors(capsys, tmp_path):
@@ -60,13 +70,18 @@ def test_kernel_by_layer_writes_each_layers_term(tmp_path, capsys):
     assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npy"),
                  "--depths", "2,3", "--by-layer", "--tile", "3", "--quiet", "--device", "cpu",
                  "--out", str(out)]) == 0
-    assert "ntk_layers_depth3.npy (3 x 4 x 4, torch.float64)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "ntk_layers_depth3.npy (3 x 4 x 4, torch.float64)" in printed.out
+    assert printed.err == ""  # --quiet
     assert sorted(p.name for p in out.glob("*.npy")) == [
         "nngp_depth2.npy", "nngp_depth3.npy", "ntk_layers_depth2.npy", "ntk_layers_depth3.npy"]
     want = nc.FC(depth=3).ntk(torch.from_numpy(x), depths=(2, 3), by_layer=True)
     for d in (2, 3):
         got = np.load(out / f"ntk_layers_depth{d}.npy")
         np.testing.assert_allclose(got, want[d].numpy(), rtol=1e-12, atol=0)
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npy"),
+                 "--out", str(tmp_path / "loud")]) == 0
+    assert "kernel pairs: 10/10" in capsys.readouterr().err
     assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", str(tmp_path / "x.npy"),
                  "--by-layer", "--kernel", "nngp", "--out", str(tmp_path / "o")]) == 2
     assert "kernel='nngp' keeps no NTK" in capsys.readouterr().err
