@@ -118,6 +118,32 @@ def test_jpeg_loader_bad_arguments(tmp_path, monkeypatch, cache):
         cifar10("test", n=1)
 
 
+def test_the_data_root_is_the_argument_else_ntkcheck_data_else_shared_data_beside(
+        tmp_path, monkeypatch):
+    """../shared/data beside the project (the folder holding the package), else beside the
+    working directory; the error lists where it looked."""
+    def holding(folder):
+        folder.mkdir(parents=True)
+        (folder / EXACT_SUBSET).touch()
+        return folder
+
+    module = importlib.import_module("ntkcheck.data.cifar10")
+    project = tmp_path / "a" / "project"
+    monkeypatch.setattr(module, "__file__", str(project / "ntkcheck" / "data" / "cifar10.py"))
+    monkeypatch.delenv("NTKCHECK_DATA", raising=False)
+    (tmp_path / "w" / "run").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "w" / "run")
+    with pytest.raises(FileNotFoundError, match=f"looked in: {tmp_path / 'a' / 'shared'}"):
+        data_root()
+    beside_cwd = holding(tmp_path / "w" / "shared" / "data")
+    assert data_root() == beside_cwd
+    beside_project = holding(tmp_path / "a" / "shared" / "data")
+    assert data_root() == beside_project
+    monkeypatch.setenv("NTKCHECK_DATA", str(holding(tmp_path / "env")))
+    assert data_root() == tmp_path / "env"
+    assert data_root(holding(tmp_path / "arg")) == tmp_path / "arg"
+
+
 def test_the_cache_is_ntkcheck_cache_else_under_xdg_cache_home_else_home(tmp_path,
                                                                          monkeypatch):
     monkeypatch.setenv("NTKCHECK_CACHE", str(tmp_path / "mine"))
