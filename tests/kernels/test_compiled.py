@@ -72,8 +72,10 @@ def test_a_failed_compile_warns_once_and_falls_back(x, monkeypatch):
     monkeypatch.setattr(compiled, "MIN_WORK", 1)
     monkeypatch.setattr(compiled, "_compiled", _no_compiler)
     arch = nc.CNN(depth=4, pooling="flatten")
-    with pytest.warns(UserWarning, match="torch.compile failed .InvalidCxxCompiler: No working"):
-        got = arch.ntk(x)
+    with pytest.warns(UserWarning, match="torch.compile failed .InvalidCxxCompiler: No working"
+                      ) as caught:
+        got = arch.ntk(x)  # three activations, each a call: only the first tries compiling
+    assert len(caught) == 1
     assert compiled.COMPILE_FAILURE == "InvalidCxxCompiler: No working C++ compiler found"
     torch.testing.assert_close(got, arch.ntk(x, backend="torch"), rtol=0, atol=0)
     assert not compiled.worth_compiling(arch._rules(), x, None, frozenset((4,)))
