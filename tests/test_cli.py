@@ -87,7 +87,7 @@ def test_kernel_by_layer_writes_each_layers_term(tmp_path, capsys):
     assert "kernel='nngp' keeps no NTK" in capsys.readouterr().err
 
 
-def test_kernel_bad_arguments_give_one_line_errors(capsys, tmp_path):
+def test_kernel_bad_arguments_give_one_line_errors(capsys, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", np.zeros((2, 3)))
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 3)))
     x = str(tmp_path / "x.npy")
@@ -103,6 +103,10 @@ def test_kernel_bad_arguments_give_one_line_errors(capsys, tmp_path):
     assert len(err) == 4 and all(line.startswith("ntkcheck: error: ") for line in err)
     assert "--pooling and --filter-size are for --arch cnn" in err[0]
     assert "(n, C, H, W)" in err[1] and "--x1" in err[3]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["kernel", "--arch", "fc", "--depth", "3", "--x1", x, *out, "--device",
+                 "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["kernel", "--arch", "fc", "--depth", "3", "--x1", x, *out, "--shard", "2/2"])
     assert "expected I/K with 0 <= I < K" in capsys.readouterr().err
