@@ -180,6 +180,8 @@ def test_a_shard_resumes(tmp_path, monkeypatch):
     mine[2].unlink()
     assert nc.kernel_tiles(ARCH, x, out=tmp_path, shard=(1, 2), tile=3, progress=False) == 1
     assert len(calls) == 6
+    # without shard=, one process's share is all of it
+    assert nc.kernel_tiles(ARCH, x, out=tmp_path / "all", tile=3, progress=False) == 10
 
 
 def _one_shard(folder, index):
