@@ -26,6 +26,7 @@ def test_demo_prints_the_gram_matrix_of_the_first_test_images(capsys, pooling):
     np.testing.assert_allclose([[float(v) for v in row[1:]] for row in rows], want.numpy(),
                                rtol=0, atol=5e-6)  # printed to 5 decimals
     assert "3 pairs in " in out and "ms per pair" in out
+    assert main(["demo", "--n", "1", "--depth", "3", "--pooling", pooling]) == 0  # the fewest
 
 
 def test_bad_arguments_give_one_line_errors(capsys, tmp_path):

@@ -36,6 +36,8 @@ def tiny_quick(monkeypatch):
 @pytest.mark.parametrize("study", convergence.STUDIES)
 def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert main(["study", study, "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""  # --quiet
     with (tmp_path / f"{study}.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == convergence.FIELDS
@@ -66,15 +68,16 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
     assert (tmp_path / f"{study}.png").stat().st_size > 10_000
     by_layer = study in convergence.LAYER_METRICS
     assert (tmp_path / f"{study}_layers.png").exists() == by_layer
-    assert (f"{study}_layers.png" in capsys.readouterr().out) == by_layer
+    assert (f"{study}_layers.png" in printed.out) == by_layer
 
 
-def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick):
+def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick, capsys):
     """layer{h}_rel_fro: ||H_h - Theta_h|| / ||Theta_h|| of weight layer h's terms alone,
     recomputed here from the net the study builds; the whole kernel's error stays the
-    error of their sums."""
-    assert main(["study", "init", "--out", str(tmp_path), "--quiet", "--archs", "cnn-flatten",
+    error of their sums.  Progress shows without --quiet."""
+    assert main(["study", "init", "--out", str(tmp_path), "--archs", "cnn-flatten",
                  "--depths", "3", "--widths", "8", "--seeds", "1"]) == 0
+    assert "init configurations: 1/1" in capsys.readouterr().err
     got = dict(_metrics(tmp_path / "init.csv"))
     x, _ = convergence._init_problem("cnn-flatten", 3, 3, 4, torch.device("cpu"))
     arch = nc.CNN(depth=3, pooling="flatten")

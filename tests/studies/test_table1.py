@@ -79,8 +79,9 @@ def test_fix_first_last_overrides_the_column(tmp_path, monkeypatch):
     assert float(rows[0]["accuracy"]) == pytest.approx(cell_accuracy(arch))
     monkeypatch.setattr(table1, "run_column", no_recompute)
     assert main([*TINY, "--columns", "CNTK-V-2K", "--fix-first-last", "yes", "--out", out]) == 0
-    with pytest.raises(AssertionError, match="recomputed"):  # the column's own setting differs
-        main([*TINY, "--columns", "CNTK-V-2K", "--out", out])
+    for setting in ([], ["--fix-first-last", "no"]):  # the column's own setting differs
+        with pytest.raises(AssertionError, match="recomputed"):
+            main([*TINY, "--columns", "CNTK-V-2K", *setting, "--out", out])
 
 
 @pytest.mark.parametrize("bad", [
