@@ -22,6 +22,7 @@ from .architectures import CNN, FC
 from .data import CLASSES, cifar10_exact, standardize
 from .kernel_matrix import kernel_matrix, kernel_tiles
 from .kernels.recursion import Kernels
+from .studies import table1
 
 T = TypeVar("T")
 
@@ -118,8 +119,6 @@ def _kernel(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .studies import table1
-
     for name, value in (("--n-train", args.n_train), ("--n-test", args.n_test)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1; got {value}")
@@ -214,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 
     reproduce = commands.add_parser("reproduce", help="reproduce the paper's CIFAR-10 Table 1")
     reproduce.add_argument("what", choices=["table1"])
-    reproduce.add_argument("--columns", default="CNTK-V,CNTK-V-2K,CNTK-GAP-2K",
+    reproduce.add_argument("--columns", default=",".join(table1.DEFAULT_COLUMNS),
                            help="comma-separated, among CNTK-V, CNTK-V-2K, CNTK-GAP-2K, "
                            "CNTK-GAP (default: all but CNTK-GAP, 1.75e9 GAP pairs)")
-    reproduce.add_argument("--depths", type=_int_list, default=[3, 4, 6, 11, 21],
-                           help="comma-separated depths (default 3,4,6,11,21)")
+    reproduce.add_argument("--depths", type=_int_list, default=list(table1.DEPTHS),
+                           help="comma-separated depths (default: the paper's, "
+                           f"{','.join(map(str, table1.DEPTHS))})")
     reproduce.add_argument("--device", choices=["cpu", "cuda"], default=None,
                            help="where kernels and solves run (default: cuda if available)")
     reproduce.add_argument("--out", default="runs/table1", help="output folder; a re-run "

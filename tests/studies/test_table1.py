@@ -22,6 +22,18 @@ def test_labels_are_the_papers_targets():
                                   [[-0.1, -0.1, 0.9], [0.9, -0.1, -0.1]])
 
 
+def test_the_command_defaults_to_the_papers_depths_and_all_columns_but_cntk_gap(
+        tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(table1, "reproduce",
+                        lambda columns, depths, **options: seen.update(options, columns=columns,
+                                                                      depths=depths))
+    assert main(["reproduce", "table1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert seen["depths"] == [3, 4, 6, 11, 21]  # Table 1's rows
+    assert seen["columns"] == ["CNTK-V", "CNTK-V-2K", "CNTK-GAP-2K"]
+    assert seen["progress"] and seen["data"] == "jpeg" and seen["fix_first_last"] is None
+
+
 def read_csv(path):
     with path.open() as f:
         return list(csv.DictReader(f))
