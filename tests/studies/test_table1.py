@@ -97,7 +97,8 @@ def test_fix_first_last_overrides_the_column(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [
-    ["--columns", "CNTK-X"], ["--depths", "2,3"], ["--n-train", "0"], ["--n-test", "-1"]])
+    ["--columns", "CNTK-X"], ["--depths", "2,3"], ["--depths", "3,65"], ["--n-train", "0"],
+    ["--n-test", "-1"]])
 def test_bad_values_give_one_line_errors(tmp_path, capsys, bad):
     assert main([*TINY, "--out", str(tmp_path), *bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
