@@ -18,7 +18,7 @@ import ntkcheck as nc
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from ntkcheck.kernels import fused  # noqa: E402
+from ntkcheck.kernels import fused, triton_cntk  # noqa: E402
 from ntkcheck.kernels.triton_cntk import relu_angle  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -186,26 +186,66 @@ def test_a_triton_older_than_3_4_is_named_and_auto_falls_back(monkeypatch):
 
 
 
+def auto_takes_tma_here():
+    """STD_LOADS's documented rule, here: TMA on sm_90 and later, and under the
+    interpreter of Triton 3.6 and later."""
+    if fused.interpreting():
+        return fused.triton_version() >= (3, 6)
+    return CUDA and torch.cuda.get_device_capability() >= (9, 0)
+
+
+@pytest.mark.parametrize("interpreter,capability,version,want", [
+    (False, (9, 0), (3, 4), True), (False, (8, 9), (3, 6), False),
+    (True, (8, 0), (3, 6), True), (True, (9, 0), (3, 5), False)])
+def test_auto_reads_the_std_planes_by_tma_where_it_runs_until_it_fails(
+        monkeypatch, interpreter, capability, version, want):
+    monkeypatch.setattr(fused, "STD_LOADS", "auto")
+    monkeypatch.setattr(fused, "TMA_FAILURE", None)
+    monkeypatch.setattr(fused, "interpreting", lambda: interpreter)
+    monkeypatch.setattr(fused, "triton_version", lambda: version)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert fused._use_tma(cuda) is want
+    monkeypatch.setattr(fused, "TMA_FAILURE", "CompilationError: no descriptors")
+    assert fused._use_tma(cuda) is False
+    for loads in ("tma", "pointers"):  # asked for: taken, whatever happened before
+        monkeypatch.setattr(fused, "STD_LOADS", loads)
+        assert fused._use_tma(cuda) is (loads == "tma")
+
+
 def test_tma_that_does_not_compile_falls_back_to_pointers_once(monkeypatch):
-    if not fused._use_tma(torch.device(DEVICE)):
+    if not auto_takes_tma_here():
         pytest.skip("auto does not take TMA here (GPU before sm_90, or interpreter < 3.6)")
     monkeypatch.setattr(fused, "TMA_FAILURE", None)
-    probed = []
+    ran, probed = [], []  # the TMA option of each launch of the kernel, of each probe
+    kernel = triton_cntk.cntk_slices
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **options):
+                ran.append(options["TMA"])
+                return kernel[grid](*args, **options)
+            return launch
 
     def rejected(launch):
         probed.append(launch.options["TMA"])
         return "CompilationError: no descriptors here"
 
-    monkeypatch.setattr(fused, "compile_error", rejected)
+    monkeypatch.setattr(triton_cntk, "cntk_slices", Spy())
     x = torch.randn(3, 2, 5, 6, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     arch = nc.CNN(depth=3, pooling="gap")
+    monkeypatch.setattr(fused, "compile_error", lambda launch: None)
+    arch.ntk(x[:1], backend="triton")
+    assert ran == [True]  # where TMA compiles, it is what runs
+    ran.clear()
+    monkeypatch.setattr(fused, "compile_error", rejected)
     with pytest.warns(UserWarning, match="TMA loads did not compile.*no descriptors.*pointers"):
         got = arch.ntk(x, backend="triton")
     assert fused.TMA_FAILURE == "CompilationError: no descriptors here"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # decided once: no second probe, no second warning
         again = arch.ntk(x, backend="triton")
-    assert probed == [True]
+    assert probed == [True] and ran and set(ran) == {False}
     want = arch.ntk(x.double(), backend="torch")
     for k in (got, again):
         assert ((k.double().cpu() - want.cpu()).abs().max() / want.abs().max()) < TOLERANCE
