@@ -96,6 +96,17 @@ def test_every_depth_read_out_in_both_layouts(deepest, precision, monkeypatch):
                  both(arch, x, z, depths, backend="torch"))
 
 
+@pytest.mark.parametrize("pooling", ["flatten", "gap"])
+def test_one_convolution_alone(pooling):
+    # depth 2 (one convolution, then the readout): the kernel's own branch, no layer loop
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    z = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
+    arch = nc.CNN(depth=2, pooling=pooling)
+    assert_close(both(arch, x.float().to(DEVICE), z.float().to(DEVICE), depths=(2,)),
+                 both(arch, x, z, depths=(2,), backend="torch"))
+
+
 def test_wide_filter_and_padded_block():
     # 17 x 6 pads to a 32 x 16 block; q = 5 reaches two rows across the packing boundary
     x = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
