@@ -130,6 +130,9 @@ def test_bad_arguments():
     for lr in (-1.0, 0.0):
         with pytest.raises(ValueError, match="lr must be a positive"):
             train(net, x, y, lr=lr, steps=1)
+    for name in ("record_every", "max_steps"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1; got 0"):
+            train(net, x, y, lr=0.1, until_loss=1e-3, **{name: 0})
     with pytest.raises(ValueError, match="kappa must be a positive"):
         train(net, x, y, lr=0.1, kappa=0.0, steps=1)
     with pytest.raises(ValueError, match=r"y must be a tensor of the net's output shape \(8,\)"):
