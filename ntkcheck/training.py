@@ -68,6 +68,12 @@ def _relative(change: torch.Tensor, norm: float) -> float:
     return float(change.norm()) / norm if norm > 0 else math.nan
 
 
+def _stable_lr(h0: torch.Tensor) -> float:
+    """2 / lambda_max(h0); inf where h0 is zero (x gives no gradient: nothing moves)."""
+    top = float(torch.linalg.eigvalsh(h0.double()).max())
+    return 2.0 / top if top > 0 else math.inf
+
+
 def _identity(net: nn.Module, x: torch.Tensor, y: torch.Tensor, kappa: float, lr: float,
               record_every: int) -> dict[str, object]:
     """What a checkpoint must agree on to continue a run: the problem, the net at step 0
@@ -110,12 +116,6 @@ def max_stable_lr(
     """2 / lambda_max(kappa^2 H(0)): gradient descent on the linearized net diverges at or
     above this learning rate."""
     return _stable_lr(kappa**2 * empirical_ntk(net, x, implementation=implementation))
-
-
-def _stable_lr(h0: torch.Tensor) -> float:
-    """2 / lambda_max(h0); inf where h0 is zero (x gives no gradient: nothing moves)."""
-    top = float(torch.linalg.eigvalsh(h0.double()).max())
-    return 2.0 / top if top > 0 else math.inf
 
 
 def train(

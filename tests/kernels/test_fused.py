@@ -196,7 +196,6 @@ def test_a_triton_older_than_3_4_is_named_and_auto_falls_back(monkeypatch):
         torch.testing.assert_close(got, arch.ntk(x, backend="torch"))
 
 
-
 def auto_takes_tma_here():
     """STD_LOADS's documented rule, here: TMA on sm_90 and later, and under the
     interpreter of Triton 3.6 and later."""
@@ -260,6 +259,7 @@ def test_tma_that_does_not_compile_falls_back_to_pointers_once(monkeypatch):
     want = arch.ntk(x.double(), backend="torch")
     for k in (got, again):
         assert ((k.double().cpu() - want.cpu()).abs().max() / want.abs().max()) < TOLERANCE
+
 
 class _OnCuda(torch.Tensor):
     """A CPU tensor that says it is on CUDA: what "auto" decides is then testable anywhere."""
