@@ -146,10 +146,10 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
     lines = [f"# {study} study ({preset} preset)", "",
              f"Last run's sweep: {axes}. The fits cover every row of {study}.csv, earlier "
              "runs' into this folder too.", "",
-             f"Log-log slope of the seed-mean against width, 95% bootstrap interval over seeds. "
-             f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: -0.5. The bound "
-             "lines in the figure start at the geometric mean of the curves at the narrowest "
-             "width (their constants are unknown).", ""]
+             "Log-log slope of the seed-mean against width, 95% bootstrap interval over seeds. "
+             f"Theorem's bound shape: slope {bound:.3g}; known empirical rate: "
+             f"{EMPIRICAL_SLOPE:g}. The bound lines in the figure start at the geometric mean "
+             "of the curves at the narrowest width (their constants are unknown).", ""]
     if study == "init":
         lines += ["layer<h>_rel_fro is ||H_h(0) - Theta_h|| / ||Theta_h|| for weight layer h "
                   "alone: the empirical NTK summed over that layer's weights against its term "
@@ -175,8 +175,8 @@ def _words(study: str, preset: str, found: list[dict], sweep: dict[str, object],
             verdict = "decays slower than the bound shape"
         else:
             verdict = "consistent with the bound shape"
-        rate = ("consistent with m^-1/2" if low <= -0.5 <= high else
-                "faster than m^-1/2" if high < -0.5 else "slower than m^-1/2")
+        rate = ("consistent with m^-1/2" if low <= EMPIRICAL_SLOPE <= high else
+                "faster than m^-1/2" if high < EMPIRICAL_SLOPE else "slower than m^-1/2")
         lines.append(f"- {f['arch']}, depth {f['depth']}{kappa}, {f['metric']}: slope "
                      f"{f['slope']:.3f} [{low:.3f}, {high:.3f}]: {verdict}; {rate}.")
     if scales:
