@@ -37,8 +37,10 @@ def write_markdown(rows: Sequence[dict[str, object]], path: Path) -> None:
                 continue
             paper = PAPER[c].get(depth)
             ours = float(str(r["accuracy"]))
-            delta = "" if paper is None else f"{ours - paper:+.2f}"
-            entries.append(f"{ours:.2f} | {paper if paper is not None else '-'} | {delta}")
+            if paper is None:  # a depth the paper did not run
+                entries.append(f"{ours:.2f} | - | -")
+            else:
+                entries.append(f"{ours:.2f} | {paper} | {ours - paper:+.2f}")
         lines.append(f"| {depth} | " + " | ".join(entries) + " |")
     lines += ["", "Per column: " + "; ".join(
         f"{c}: {r['n_train']} train / {r['n_test']} test images, {r['data']}, first and last "
