@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,8 +97,14 @@ def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick, c
         assert convergence.layer_of(name, study) is None
 
 
+def test_the_bound_slopes_are_the_theorems_width_exponents():
+    """m^-1/4 at initialization (Theorem 3.1); m^-1/6 for the kernel's movement in the proof
+    of Theorem 3.2, which the agreement inherits."""
+    assert convergence.BOUND_SLOPES == {"init": -1 / 4, "drift": -1 / 6, "agreement": -1 / 6}
+
+
 def test_a_rerun_resumes_and_computes_only_what_is_missing(tmp_path, tiny_quick, monkeypatch):
-    out = str(tmp_path)
+    out = str(tmp_path / "new" / "folder")  # made, parents too
     assert main(["study", "init", "--out", out, "--quiet", "--widths", "8"]) == 0
     calls = []
     original = convergence.MEASURE["init"]
@@ -230,6 +237,55 @@ def test_an_unwritable_folder_is_a_one_line_error(tmp_path, tiny_quick, capsys):
     assert main(["study", "init", "--out", str(blocker / "sub"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ntkcheck: error: ")
+
+
+def test_agreement_compares_the_trained_net_with_kernel_regression_and_the_linearized_net(
+        tmp_path, tiny_quick, monkeypatch):
+    """The agreement study's values for one net, from the net it trained: f_nn = kappa f(x*),
+    f_ntk = Theta(x*, X) Theta^-1 y and f_lin = kappa f0(x*) + H0(x*, X) H0^-1 (y - kappa f0(X))
+    with H0 the empirical NTK of kappa f0, written out here with a fresh net of the same
+    seed for f0 (kappa 0.5: a misplaced kappa is seen)."""
+    trained = []
+    fit = convergence._fit
+    monkeypatch.setattr(convergence, "_fit", lambda *a: trained.append(fit(*a)) or trained[-1])
+    assert main(["study", "agreement", "--out", str(tmp_path), "--quiet", "--widths", "16",
+                 "--seeds", "1", "--kappas", "0.5"]) == 0
+    got = dict(_metrics(tmp_path / "agreement.csv"))
+    ((net, x, y, history, _),) = trained
+    kappa, arch, setting = 0.5, nc.FC(depth=2), TINY["agreement"]
+    test_images, test_y = convergence.cifar2(setting.n_test, "test")
+    train_images, _ = convergence.cifar2(setting.n, "train")
+    z = convergence.inputs("fc", test_images, train_images, setting.crop, torch.device("cpu"))
+    both = torch.cat([x, z])
+    init = arch.network(16, (x.shape[1],), seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        f_nn, f0 = kappa * net(z), kappa * init(both)
+    theta = arch.ntk(both)
+    f_ntk = theta[4:, :4] @ torch.linalg.solve(theta[:4, :4], y)
+    h0 = nc.empirical_ntk(init, both) * kappa**2
+    f_lin = f0[4:] + h0[4:, :4] @ torch.linalg.solve(h0[:4, :4], y - f0[:4])
+    assert got["nn_vs_ntk"] == pytest.approx(float((f_nn - f_ntk).abs().mean()), rel=1e-9)
+    assert got["nn_vs_lin"] == pytest.approx(float((f_nn - f_lin).abs().mean()), rel=1e-9)
+    test_y = test_y.double()
+    assert got["acc_nn"] == float((torch.sign(f_nn) == test_y).double().mean())
+    assert got["acc_ntk"] == float((torch.sign(f_ntk) == test_y).double().mean())
+    assert got["steps"] == history.steps[-1]
+
+
+@pytest.mark.parametrize(("side", "crop", "rows"), [(6, 2, slice(2, 4)), (7, 3, slice(2, 5))])
+def test_inputs_are_centre_crops_standardized_on_the_references_crops(side, crop, rows):
+    rng = np.random.default_rng(0)
+    images, reference = (rng.integers(0, 256, (k, side, side, 3), dtype=np.uint8)
+                         for k in (2, 5))
+    part, ref = images[:, rows, rows] / 255, reference[:, rows, rows] / 255
+    want = (part - ref.mean(axis=(0, 1, 2))) / ref.std(axis=(0, 1, 2))  # (n, crop, crop, 3)
+    cpu = torch.device("cpu")
+    cnn = convergence.inputs("cnn-gap", images, reference, crop, cpu)
+    np.testing.assert_allclose(cnn.numpy(), want.transpose(0, 3, 1, 2), rtol=1e-12)
+    fc = convergence.inputs("fc", images, reference, crop, cpu)
+    flat = want.transpose(0, 3, 1, 2).reshape(2, -1)
+    np.testing.assert_allclose(fc.numpy(), flat / np.linalg.norm(flat, axis=1, keepdims=True),
+                               rtol=1e-12)
 
 
 def test_the_displacement_scale_is_what_wide_nets_move():
