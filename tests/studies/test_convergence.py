@@ -74,8 +74,9 @@ def test_quick_study_end_to_end(tmp_path, tiny_quick, study, capsys):
 
 def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick, capsys):
     """layer{h}_rel_fro: ||H_h - Theta_h|| / ||Theta_h|| of weight layer h's terms alone,
-    recomputed here from the net the study builds; the whole kernel's error stays the
-    error of their sums.  Progress shows without --quiet."""
+    recomputed here from the net the study builds; the whole kernel's errors (Frobenius and
+    largest entry, each relative) stay those of their sums.  Progress shows without
+    --quiet."""
     assert main(["study", "init", "--out", str(tmp_path), "--archs", "cnn-flatten",
                  "--depths", "3", "--widths", "8", "--seeds", "1"]) == 0
     assert "init configurations: 1/1" in capsys.readouterr().err
@@ -88,13 +89,23 @@ def test_init_layer_errors_are_those_of_each_layers_term(tmp_path, tiny_quick, c
     for layer in (1, 2, 3):
         want = (h[layer - 1] - theta[layer - 1]).norm() / theta[layer - 1].norm()
         assert got[f"layer{layer}_rel_fro"] == pytest.approx(float(want), rel=1e-9)
-    whole = (h.sum(0) - theta.sum(0)).norm() / theta.sum(0).norm()
-    assert got["rel_fro"] == pytest.approx(float(whole), rel=1e-9)
+    error, kernel = h.sum(0) - theta.sum(0), theta.sum(0)
+    assert got["rel_fro"] == pytest.approx(float(error.norm() / kernel.norm()), rel=1e-9)
+    assert got["max_entry"] == pytest.approx(float(error.abs().max() / kernel.abs().max()),
+                                             rel=1e-9)
     assert convergence.layer_of("layer12_rel_fro", "init") == 12
     assert convergence.layer_of("layer3_kernel_change", "drift") == 3
     for name, study in (("rel_fro", "init"), ("layerx_rel_fro", "init"),
                         ("layer3_rel_fro", "drift"), ("layer3_kernel_change", "agreement")):
         assert convergence.layer_of(name, study) is None
+
+
+def test_run_shows_progress_unless_told_not_to(tmp_path, tiny_quick, capsys):
+    options = {"archs": ["fc"], "widths": [8], "seeds": 1}
+    convergence.run("init", "quick", tmp_path / "shown", **options)
+    assert "init configurations: 1/1" in capsys.readouterr().err
+    convergence.run("init", "quick", tmp_path / "quiet", progress=False, **options)
+    assert capsys.readouterr().err == ""
 
 
 def test_the_bound_slopes_are_the_theorems_width_exponents():
