@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .table1 import COLUMNS, PAPER, fixed_first_last
+from .table1 import COLUMNS, DEPTHS, PAPER, fixed_first_last
 
 CAVEAT = (
     "Data: `cifar10-jpeg` is the JPEG re-encoding of CIFAR-10 in `../shared/data` (mean "
@@ -68,7 +68,7 @@ def write_figure(rows: Sequence[dict[str, object]], path: Path) -> None:
         ax.plot([d for d, _ in paper], [a for _, a in paper], "o--", color=color,
                 markerfacecolor="none", alpha=0.7, label=f"{column} (paper)")
     ax.set_xscale("log")
-    ax.set_xticks(sorted({d for _, d in cells} | {3, 4, 6, 11, 21}))
+    ax.set_xticks(sorted({d for _, d in cells} | set(DEPTHS)))  # ours and the paper's
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("depth (weight layers, incl. the readout)")
