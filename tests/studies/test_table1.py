@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,26 @@ from ntkcheck.studies import table1
 
 TINY = ["reproduce", "table1", "--depths", "3,4", "--n-train", "6", "--n-test", "5",
         "--device", "cpu", "--quiet"]
+
+
+PAPER_TEXT = (Path(__file__).resolve().parents[3] / "shared" / "reference"
+              / "arora2019_exact_cntk_paper.txt")
+
+
+def test_the_papers_cells_are_table_1_as_the_paper_prints_it():
+    """PAPER and DEPTHS against Table 1 in the paper's text (../shared/reference), read
+    from its tab-separated rows: "Depth  CNN-V  CNTK-V ..." then one row per depth."""
+    lines = PAPER_TEXT.read_text().splitlines()
+    start = lines.index("\t".join(["Depth", "CNN-V", "CNTK-V", "CNTK-V-2K", "CNN-GAP",
+                                    "CNTK-GAP", "CNTK-GAP-2K"]))
+    header = lines[start].split("\t")
+    printed = {name: {} for name in header[1:]}
+    for line in lines[start + 1:start + 6]:
+        depth, *cells = line.split("\t")
+        for name, cell in zip(header[1:], cells, strict=True):
+            printed[name][int(depth)] = float(cell.removesuffix("%"))
+    assert table1.PAPER == {name: printed[name] for name in table1.COLUMNS}
+    assert table1.DEPTHS == tuple(printed["CNTK-V"])
 
 
 def test_labels_are_the_papers_targets():
