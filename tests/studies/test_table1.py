@@ -91,6 +91,15 @@ def test_tiny_table_end_to_end(tmp_path, capsys):
     assert float(rows[3]["accuracy"]) == pytest.approx(cell_accuracy(arch))
 
 
+def test_reproduce_shows_progress_unless_told_not_to(tmp_path, capsys):
+    options = {"out": tmp_path / "shown", "n_train": 6, "n_test": 5, "log": print}
+    table1.reproduce(["CNTK-V-2K"], [3], **options)
+    assert "test images 0..4 of 5" in capsys.readouterr().err
+    table1.reproduce(["CNTK-V-2K"], [3], **{**options, "out": tmp_path / "quiet"},
+                     progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_rerun_skips_finished_columns(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "t1")
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", out]) == 0
