@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import ntkcheck as nc
 from ntkcheck.cli import main
@@ -36,6 +38,23 @@ def test_the_papers_cells_are_table_1_as_the_paper_prints_it():
             printed[name][int(depth)] = float(cell.removesuffix("%"))
     assert table1.PAPER == {name: printed[name] for name in table1.COLUMNS}
     assert table1.DEPTHS == tuple(printed["CNTK-V"])
+
+
+def test_the_data_sizes_are_those_in_the_files():
+    with np.load(nc.data.data_root() / "cifar10_exact_subset.npz") as f:
+        exact = (len(f["y_train"]), len(f["y_test"]))
+        every = (len(f["labels_train_all"]), len(f["labels_test_all"]))
+    assert table1.SIZES == {"jpeg": every, "exact": exact, "exact-jpeg": exact}
+
+
+def test_the_columns_are_the_papers():
+    """"-2K": the first 2,000 training images (the paper's caption), else all of them; V the
+    vanilla (flatten) CNTK with every layer trained, GAP the pooled one with its first and
+    last layer fixed, as the paper's code runs them."""
+    assert {name: (c.pooling, c.n_train, c.fix_first_last)
+            for name, c in table1.COLUMNS.items()} == {
+        "CNTK-V": ("flatten", 50_000, False), "CNTK-V-2K": ("flatten", 2_000, False),
+        "CNTK-GAP": ("gap", 50_000, True), "CNTK-GAP-2K": ("gap", 2_000, True)}
 
 
 def test_labels_are_the_papers_targets():
@@ -180,6 +199,9 @@ def test_work_saves_the_fit_and_each_chunk_and_resumes_from_them(tmp_path, monke
     assert sorted(p.name for p in (folder / "test").iterdir()) == [
         "scores_0000000.pt", "scores_0000002.pt", "scores_0000004.pt"]
     assert (folder / "fit.pt").is_file() and list((folder / "train").glob("tile_*.pt"))
+    spent = sum(torch.load(p)["seconds"] for p in [folder / "fit.pt",
+                                                    *(folder / "test").iterdir()])
+    assert [r["seconds"] for r in first] == [round(spent, 1)] * 2  # the fit and every chunk
 
     (folder / "test" / "scores_0000002.pt").unlink()
     calls = spy_kernel_matrix(monkeypatch)
@@ -258,12 +280,18 @@ def test_shards_split_a_column_into_the_same_cells(tmp_path, monkeypatch, capsys
         assert list(pool.map(shard, [2, 1, 0])) == [0, 0, 0]
     alone, sharded = (read_csv(tmp_path / f / "table1.csv") for f in ("alone", "s0"))
     assert [r["accuracy"] for r in sharded] == [r["accuracy"] for r in alone]
-    assert not (tmp_path / "s1" / "table1.csv").exists()
+    assert not any((tmp_path / "s1" / name).exists()  # shard 0 writes every file
+                   for name in ("table1.csv", "table1.md", "table1.png"))
+    assert (tmp_path / "s0" / "table1.md").exists() and (tmp_path / "s0" / "table1.png").exists()
     folder = work / "CNTK-V-2K" / "trained"
     assert len(list((folder / "train").glob("tile_*.pt"))) == 6
     assert len(list((folder / "test").glob("scores_*.pt"))) == 3
-    assert sorted(p.name for p in (folder / "gram_shares").iterdir()) == [
-        "0of3.json", "1of3.json", "2of3.json"]
+    shares = sorted((folder / "gram_shares").iterdir())
+    assert [p.name for p in shares] == ["0of3.json", "1of3.json", "2of3.json"]
+    spent = (sum(json.loads(p.read_text())["seconds"] for p in shares)
+             + sum(torch.load(p)["seconds"] for p in [folder / "fit.pt",
+                                                       *(folder / "test").iterdir()]))
+    assert {r["seconds"] for r in sharded} == {str(round(spent, 1))}  # every shard's work
     assert "shard 1 of 3 did its share" in capsys.readouterr().out
 
 
