@@ -6,7 +6,6 @@ import concurrent.futures
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,12 @@ TINY = ["reproduce", "table1", "--depths", "3,4", "--n-train", "6", "--n-test", 
         "--device", "cpu", "--quiet"]
 
 
-PAPER_TEXT = (Path(__file__).resolve().parents[3] / "shared" / "reference"
-              / "arora2019_exact_cntk_paper.txt")
-
-
 def test_the_papers_cells_are_table_1_as_the_paper_prints_it():
-    """PAPER and DEPTHS against Table 1 in the paper's text (../shared/reference), read
-    from its tab-separated rows: "Depth  CNN-V  CNTK-V ..." then one row per depth."""
-    lines = PAPER_TEXT.read_text().splitlines()
+    """PAPER and DEPTHS against Table 1 in the paper's text, in ../shared/reference beside
+    the data folder, read from its tab-separated rows: "Depth  CNN-V  CNTK-V ..." then one
+    row per depth."""
+    paper = nc.data.data_root().parent / "reference" / "arora2019_exact_cntk_paper.txt"
+    lines = paper.read_text().splitlines()
     start = lines.index("\t".join(["Depth", "CNN-V", "CNTK-V", "CNTK-V-2K", "CNN-GAP",
                                     "CNTK-GAP", "CNTK-GAP-2K"]))
     header = lines[start].split("\t")
