@@ -188,6 +188,11 @@ def chunks_of_two(monkeypatch):
     monkeypatch.setattr(table1, "TEST_CHUNK_PAIRS", {"flatten": 12, "gap": 12})
 
 
+def saved_seconds(folder):
+    """The seconds a column's saved fit and test chunks record spending."""
+    return sum(torch.load(p)["seconds"] for p in [folder / "fit.pt", *(folder / "test").iterdir()])
+
+
 def test_work_saves_the_fit_and_each_chunk_and_resumes_from_them(tmp_path, monkeypatch):
     chunks_of_two(monkeypatch)
     column = table1.COLUMNS["CNTK-V-2K"]
@@ -196,9 +201,7 @@ def test_work_saves_the_fit_and_each_chunk_and_resumes_from_them(tmp_path, monke
     assert sorted(p.name for p in (folder / "test").iterdir()) == [
         "scores_0000000.pt", "scores_0000002.pt", "scores_0000004.pt"]
     assert (folder / "fit.pt").is_file() and list((folder / "train").glob("tile_*.pt"))
-    spent = sum(torch.load(p)["seconds"] for p in [folder / "fit.pt",
-                                                    *(folder / "test").iterdir()])
-    assert [r["seconds"] for r in first] == [round(spent, 1)] * 2  # the fit and every chunk
+    assert [r["seconds"] for r in first] == [round(saved_seconds(folder), 1)] * 2
 
     (folder / "test" / "scores_0000002.pt").unlink()
     calls = spy_kernel_matrix(monkeypatch)
@@ -285,9 +288,7 @@ def test_shards_split_a_column_into_the_same_cells(tmp_path, monkeypatch, capsys
     assert len(list((folder / "test").glob("scores_*.pt"))) == 3
     shares = sorted((folder / "gram_shares").iterdir())
     assert [p.name for p in shares] == ["0of3.json", "1of3.json", "2of3.json"]
-    spent = (sum(json.loads(p.read_text())["seconds"] for p in shares)
-             + sum(torch.load(p)["seconds"] for p in [folder / "fit.pt",
-                                                       *(folder / "test").iterdir()]))
+    spent = sum(json.loads(p.read_text())["seconds"] for p in shares) + saved_seconds(folder)
     assert {r["seconds"] for r in sharded} == {str(round(spent, 1))}  # every shard's work
     assert "shard 1 of 3 did its share" in capsys.readouterr().out
 
