@@ -6,9 +6,11 @@ call, and at most 8 files come back from $OUT (16 MiB each).  So a GPU session's
 two calls of this script, the first short enough to leave time to run it again:
 
     python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
-    # device run 1, carry ["carry"], timeout_s 330: the tests, then the timings
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds 300 --steps pytest,bench
-    # device run 2 at once (warm), timeout_s S + 30, S = the device time left less 60
+    # device run 1, carry ["carry"], timeout_s 330: the tests (only if the kernel or its
+    # tests changed since their last GPU pass), the timings, a profile
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 300 --steps pytest,bench,profile
+    # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
+    # S = the device time left less 60
     python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k
     python benchmarks/gpu_session.py unpack DIR       # here: the GAP-2K work that came back
 
@@ -18,18 +20,21 @@ every process it started when that runs out, and writes its output to a log in `
 a step that fails or is cut off does not stop the next, and one with less time left than
 it needs is skipped.  ``OUT/session.json`` records the device and every step (commands,
 exit statuses, seconds, cut off or skipped), rewritten after each; the last lines printed
-are the same as a table.  The GAP-2K step resumes from ``carry/work`` and packs what it
+are the same as a table; ``OUT/gpu_clocks.csv`` samples the GPU's clocks and power all
+along.  The GAP-2K step resumes from ``carry/work`` and packs what it
 finished (the fitted weights and test chunks, not the Gram tiles) into
 ``OUT/gap2k_work.tar.NN`` parts, which ``unpack`` restores into ``carry/`` and keeps in
 ``SAVED_WORK``, so that ``prepare`` in a later session carries it again.  The Gram matrix
-(2M pairs of depth 21) must finish within its first call, since its tiles (47 MB) would not
-travel back: under ~150 us/pair in a 330 s call.  If run 1's GPU tests failed, or its
-benchmark times CNTK-GAP at depth 21 slower than that, spend run 2 on something else.
+(2M pairs of depth 21) must finish within one warm machine's calls, since its tiles (47 MB)
+would not travel back (on an H200 it took 152 s); a second call on the same machine that
+carries nothing finds them still there.  If run 1's GPU tests failed, spend run 2 on
+something else.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -39,7 +44,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +66,12 @@ PART_BYTES = 15 * 2**20  # a file from $OUT may hold 16 MiB
 MAX_FILES = 8  # files that come back from $OUT
 TRAVEL_BYTES = 64 * 2**20  # what a device call may send: the working tree and carry/
 TAIL_LINES = 12  # of each step's log, printed as the step ends
+NCU_SECTIONS = ("SpeedOfLight", "ComputeWorkloadAnalysis", "MemoryWorkloadAnalysis",
+                "InstructionStats", "SchedulerStats", "WarpStateStats", "Occupancy")
+CLOCKS = "gpu_clocks.csv"
+"""In ``--out``: the GPU's clocks, power, temperature and load every CLOCK_SECONDS of the
+call (nvidia-smi), to tell a slower sustained rate from a slower kernel."""
+CLOCK_SECONDS = 5
 RESERVE = 15.0
 """Seconds kept back from the steps for packing and the summary."""
 
@@ -102,6 +113,14 @@ def _gap2k(seconds: float, out: Path) -> list[list[str]]:
              "--max-seconds", str(int(seconds - 20))]]
 
 
+def _profile(seconds: float, out: Path) -> list[list[str]]:
+    # one depth-11 CNTK-GAP launch (the second: the first compiles); the GPU's own clocks
+    return [["ncu", "--clock-control", "none", "--kernel-name", "cntk_slices",
+             "--launch-skip", "1", "--launch-count", "1",
+             *(a for s in NCU_SECTIONS for a in ("--section", s)),
+             sys.executable, "benchmarks/profile_cntk.py"]]
+
+
 def _pack_gap2k(out: Path) -> dict:
     return pack([WORK, GAP2K_OUT], out / PACK, max_files=MAX_FILES - _files(out))
 
@@ -111,6 +130,7 @@ STEPS = {s.name: s for s in (
          env=lambda: {"NTKCHECK_DATA": str(DATA)}),
     Step("bench", "cntk_gpu.log", cap=300, need=60, commands=_bench,
          env=lambda: {"PYTHONPATH": SITE}),
+    Step("profile", "cntk_ncu.log", cap=120, need=40, commands=_profile),
     Step("gap2k", "gap2k.log", cap=600, need=120, commands=_gap2k, after=_pack_gap2k,
          ok=(0, 3)),  # 3: stopped in time between test chunks; the same call continues
 )}
@@ -148,7 +168,10 @@ def run_step(step: Step, seconds: float, out: Path) -> dict:
     """``step``'s commands in turn within ``seconds`` in all; its record."""
     deadline = time.monotonic() + seconds
     env = dict(os.environ)
-    for name, value in step.env().items():  # prepended to a search path, else set
+    # The device machine runs the checkout uninstalled: a script under benchmarks/ finds
+    # ntkcheck only through PYTHONPATH (pytest and ``python -m`` look in the working folder).
+    for name, value in [("PYTHONPATH", str(ROOT)), *step.env().items()]:
+        # prepended to a search path, else set
         env[name] = f"{value}{os.pathsep}{env[name]}" if name.endswith("PATH") and \
             env.get(name) else value
     record: dict = {"step": step.name, "given_seconds": round(seconds, 1), "log": step.log,
@@ -195,8 +218,35 @@ def run(steps: Sequence[Step], seconds: float, out: Path,
         (out / "session.json").write_text(json.dumps(session, indent=1) + "\n")
 
     write()
+    with sampling_clocks(out / CLOCKS):
+        _run_steps(steps, seconds - reserve, start, out, session, write)
+    print(table(session), flush=True)
+    return session
+
+
+@contextlib.contextmanager
+def sampling_clocks(path: Path, every: int = CLOCK_SECONDS) -> Iterator[None]:
+    """nvidia-smi writes the GPU's clocks, power, temperature and load to ``path`` every
+    ``every`` seconds while the block runs (nothing without nvidia-smi)."""
+    query = ["nvidia-smi", "--query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,"
+             "temperature.gpu,utilization.gpu", "--format=csv", "-l", str(every)]
+    if shutil.which(query[0]) is None:
+        yield
+        return
+    with path.open("w") as sink:
+        sampler = subprocess.Popen(query, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            sampler.terminate()
+            sampler.wait()
+
+
+def _run_steps(steps: Sequence[Step], seconds: float, start: float, out: Path,
+               session: dict, write: Callable[[], None]) -> None:
+    """``run``'s loop: each step with what is left of ``seconds`` since ``start``."""
     for step in steps:
-        left = seconds - reserve - (time.monotonic() - start)
+        left = seconds - (time.monotonic() - start)
         if left < step.need:
             session["steps"].append({"step": step.name, "skipped":
                                      f"{max(left, 0):.0f} s left, needs {step.need:.0f}"})
@@ -205,8 +255,6 @@ def run(steps: Sequence[Step], seconds: float, out: Path,
             session["steps"].append(run_step(step, min(step.cap, left), out))
             print(_tail(out / step.log, TAIL_LINES), flush=True)
         write()
-    print(table(session), flush=True)
-    return session
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -5,6 +5,7 @@ script must work the first time it runs there)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,32 @@ def test_environment_adds_to_search_paths(tmp_path, monkeypatch):
     code = "import os; print(os.environ['PYTHONPATH'], os.environ['NTKCHECK_DATA'])"
     gs.run([step("env", code, env=lambda: {"PYTHONPATH": "/site", "NTKCHECK_DATA": "d"})],
            seconds=30, out=tmp_path, reserve=0)
-    assert f"/site{':'}/already d" in (tmp_path / "env.log").read_text()
+    # the checkout's root too: the device machine runs it uninstalled
+    assert f"/site:{ROOT}:/already d" in (tmp_path / "env.log").read_text()
+
+
+def test_the_clocks_are_sampled_while_the_steps_run_and_no_longer(tmp_path, monkeypatch):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    fake = bin_folder / "nvidia-smi"  # a line every 0.1 s when asked to loop
+    fake.write_text('#!/bin/sh\ncase "$*" in *" -l "*) while true; do echo "$*"; sleep 0.1; '
+                    'done;; *) echo "Fake GPU, 1.0, 2 MiB";; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    session = gs.run([step("wait", "import time; time.sleep(1)")], seconds=30, out=out,
+                     reserve=0)
+    assert session["device"] == "Fake GPU, 1.0, 2 MiB"
+    lines = (out / gs.CLOCKS).read_text().splitlines()
+    assert len(lines) >= 3 and "clocks.sm" in lines[0] and lines[0].endswith(" -l 5")
+    time.sleep(0.5)
+    assert (out / gs.CLOCKS).read_text().splitlines() == lines  # the sampler was stopped
+
+
+def test_without_nvidia_smi_no_clocks_are_sampled(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gs.run([step("quick", "pass")], seconds=30, out=tmp_path / "out", reserve=0)
+    assert not (tmp_path / "out" / gs.CLOCKS).exists()
 
 
 def test_pack_leaves_out_gram_tiles_and_splits_into_parts(tmp_path):
@@ -198,6 +224,12 @@ def test_the_gap2k_step_resumes_and_packs_on_the_cpu(tmp_path, monkeypatch):
     assert again["steps"][0]["ok"], (tmp_path / "out2" / "gap2k.log").read_text()
     assert not (column / "train").exists()  # no Gram tile: the saved fit served
     assert (fresh / gs.GAP2K_OUT / "table1.csv").read_text().splitlines() == rows
+
+
+def test_the_profile_step_profiles_a_script_that_exists(tmp_path):
+    (argv,) = gs._profile(100, tmp_path)
+    assert argv[0] == "ncu" and (ROOT / argv[-1]).is_file()
+    assert argv[argv.index("--kernel-name") + 1] == "cntk_slices"
 
 
 def test_the_bench_step_names_only_options_the_benchmark_has(tmp_path):
