@@ -7,11 +7,12 @@ cross matrices of n1 x n2 pairs; each row is the median of REPEATS timed runs af
 warm-up (compilation excluded), timed end to end (per-image stds and readout sums included).
 
     python benchmarks/cntk_gpu.py [--out FILE] [--data-root DIR] [--flatten-n N] [--skip-nt]
-                                  [--nt-seconds S]
+                                  [--nt-seconds S] [--sustained-seconds S]
 
 writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
-"accuracy": [...], "flatten_all_depths": {...}, "tma_failure"}, rewritten after every
-case; a case that raises is recorded with its "error" and the run goes on.
+"sustained": {...}, "accuracy": [...], "flatten_all_depths": {...}, "tma_failure"},
+rewritten after every case; a case that raises is recorded with its "error" and the run
+goes on.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from ntkcheck.kernels import fused
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 3
 IMAGE = "32x32x3"
+IMAGES = 128  # CIFAR-10 test images timed
+TABLE1_DEPTHS = (3, 4, 6, 11, 21)
 
 
 def versions() -> dict[str, str]:
@@ -54,29 +57,35 @@ def cifar(n: int, root: str | None) -> torch.Tensor:
     return nc.data.standardize(images, reference, torch.float32).cuda()
 
 
+def seconds_of(fn) -> float:
+    """Wall-clock seconds of one call of ``fn``, the GPU's queue drained before and after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def seconds(fn) -> float:
-    runs = []
-    for _ in range(REPEATS):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        runs.append(time.perf_counter() - start)
-    return float(np.median(runs))
+    return float(np.median([seconds_of(fn) for _ in range(REPEATS)]))
 
 
 def arch_for(pooling: str, depth: int) -> nc.CNN:
     return nc.CNN(depth=depth, pooling=pooling, fix_first_last=pooling == "gap")
 
 
-def row(impl: str, pooling: str, depth: int, x1, x2, backend: str, **extra) -> dict:
+def row(impl: str, pooling: str, depth: int, x1, x2, backend: str,
+        depths: tuple[int, ...] | None = None, **extra) -> dict:
+    """One timed case; ``depths``: the readouts of all of them from one pass (``depth`` the
+    deepest), else ``depth``'s alone."""
     arch = arch_for(pooling, depth)
-    arch.ntk(x1[:1], x2[:2], backend=backend)  # compile / warm up
-    s = seconds(lambda: arch.ntk(x1, x2, backend=backend))
+    arch.ntk(x1[:1], x2[:2], depths=depths, backend=backend)  # compile / warm up
+    s = seconds(lambda: arch.ntk(x1, x2, depths=depths, backend=backend))
     pairs = len(x1) * len(x2)
     out = {"impl": impl, "device": torch.cuda.get_device_name(), "image": IMAGE,
            "pooling": pooling, "fix_first_last": pooling == "gap", "depth": depth,
            "us_per_pair": round(s / pairs * 1e6, 3), "pairs": pairs, "dtype": str(x1.dtype)[6:],
+           **({} if depths is None else {"depths": list(depths)}),
            "versions": versions(), **extra}
     print(json.dumps({k: v for k, v in out.items() if k != "versions"}), flush=True)
     return out
@@ -123,6 +132,36 @@ def accuracy(x: torch.Tensor) -> list[dict]:
     for a in found:
         print(json.dumps(a), flush=True)
     return found
+
+
+def sm_clock() -> str | None:
+    """The GPU's SM clock now, as nvidia-smi reads it ("1980 MHz"), or None."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def sustained(x1: torch.Tensor, x2: torch.Tensor, depth: int, seconds: float) -> dict:
+    """The fused CNTK-GAP called back to back for ``seconds``, as a Table 1 column runs it
+    for minutes: us/pair of the first and the last calls, and the SM clock before and
+    after (a GPU that slows down under sustained load shows here, not in the rows above)."""
+    arch = arch_for("gap", depth)
+    arch.ntk(x1[:1], x2[:2], backend="triton")
+    clock_before, runs = sm_clock(), []
+    start = time.perf_counter()
+    while not runs or time.perf_counter() - start < seconds:
+        runs.append(seconds_of(lambda: arch.ntk(x1, x2, backend="triton")))
+    pairs = len(x1) * len(x2)
+    out = {"impl": "triton", "pooling": "gap", "fix_first_last": True, "depth": depth,
+           "pairs": pairs, "calls": len(runs), "seconds": round(sum(runs), 1),
+           "us_per_pair_first": round(runs[0] / pairs * 1e6, 3),
+           "us_per_pair_last": round(runs[-1] / pairs * 1e6, 3),
+           "us_per_pair_median": round(float(np.median(runs)) / pairs * 1e6, 3),
+           "sm_clock_before": clock_before, "sm_clock_after": sm_clock()}
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def flatten_all_depths(x: torch.Tensor, n: int) -> dict:
@@ -191,8 +230,10 @@ def main() -> None:
     parser.add_argument("--skip-nt", action="store_true", help="skip neural-tangents")
     parser.add_argument("--nt-seconds", type=float, default=240,
                         help="time limit of each neural-tangents depth, compilation included")
+    parser.add_argument("--sustained-seconds", type=float, default=30,
+                        help="how long CNTK-GAP runs back to back for the sustained rate")
     args = parser.parse_args()
-    x = cifar(64, args.data_root)
+    x = cifar(IMAGES, args.data_root)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"benchmark": "cntk_gpu", "device": torch.cuda.get_device_name(),
@@ -213,15 +254,23 @@ def main() -> None:
         add(None, {"impl": impl, "pooling": pooling, "depth": depth, **row_kwargs},
             row, impl, pooling, depth, *row_args, **row_kwargs)
 
+    gap1, gap2 = x[:64], x  # 8,192 pairs: per-call costs (the stds, launches) amortized
     for depth in (11, 21):
-        timed("triton", "gap", depth, x[:32], x, "triton", variant=launch_options())
+        timed("triton", "gap", depth, gap1, gap2, "triton", variant=launch_options())
         timed("torch", "gap", depth, x[:4], x[:16], "torch")
         timed("triton", "flatten", depth, x, x, "triton", variant=launch_options())
         timed("torch", "flatten", depth, x, x, "torch")
+    # all of Table 1's depths from one pass, against depth 21's alone above
+    timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
+          variant=launch_options())
+    # a small call, as the variants of the first GPU runs were timed: what per-call costs add
+    timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
     for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
                     {"precision": 1}, {"precision": 0}):
         with variant(**options):
-            timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
+            timed("triton", "gap", 11, gap1, gap2, "triton", variant=launch_options())
+    add("sustained", {"seconds": args.sustained_seconds}, sustained, gap1, gap2, 21,
+        args.sustained_seconds)
     add("accuracy", {}, accuracy, x)
     add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     if not args.skip_nt:  # last: a jax that compiles slowly or hangs costs only its own rows
