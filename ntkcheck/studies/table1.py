@@ -81,7 +81,7 @@ TILES = {"flatten": 4096, "gap": 256}
 
 TEST_CHUNK_PAIRS = {"flatten": 2**28, "gap": 2**21}
 """Kernel pairs per chunk of test images (on an H100, 41 s of CNTK-V at the 6.5M pairs/s
-measured, 450 s of CNTK-GAP to depth 21 at the 214 us/pair last measured): the test images
+measured; on an H200, 155 s of CNTK-GAP to depth 21 at the 76 us/pair measured): the test images
 are predicted a chunk at a time, and with ``work`` each chunk's predictions are saved as
 it finishes."""
 
