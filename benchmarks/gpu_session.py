@@ -38,6 +38,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -67,7 +68,13 @@ MAX_FILES = 8  # files that come back from $OUT
 TRAVEL_BYTES = 64 * 2**20  # what a device call may send: the working tree and carry/
 TAIL_LINES = 12  # of each step's log, printed as the step ends
 NCU_SECTIONS = ("SpeedOfLight", "ComputeWorkloadAnalysis", "MemoryWorkloadAnalysis",
-                "InstructionStats", "SchedulerStats", "WarpStateStats", "Occupancy")
+                "InstructionStats", "SchedulerStats", "WarpStateStats", "Occupancy",
+                "LaunchStats", "SourceCounters")
+NCU_METRICS = (  # why warps wait, and how busy each pipe is
+    r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio",
+    r"regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active",
+    r"regex:sm__pipe_.*_cycles_active\.avg\.pct_of_peak_sustained_active",
+)
 CLOCKS = "gpu_clocks.csv"
 """In ``--out``: the GPU's clocks, power, temperature and load every CLOCK_SECONDS of the
 call (nvidia-smi), to tell a slower sustained rate from a slower kernel."""
@@ -114,11 +121,14 @@ def _gap2k(seconds: float, out: Path) -> list[list[str]]:
 
 
 def _profile(seconds: float, out: Path) -> list[list[str]]:
-    # one depth-11 CNTK-GAP launch (the second: the first compiles); the GPU's own clocks
-    return [["ncu", "--clock-control", "none", "--kernel-name", "cntk_slices",
+    # one depth-11 CNTK-GAP launch (the second: the first compiles), at the GPU's own clocks
+    plain = ["ncu", "--clock-control", "none", "--kernel-name", "cntk_slices",
              "--launch-skip", "1", "--launch-count", "1",
-             *(a for s in NCU_SECTIONS for a in ("--section", s)),
-             sys.executable, "benchmarks/profile_cntk.py"]]
+             *(a for s in NCU_SECTIONS for a in ("--section", s))]
+    script = [sys.executable, "benchmarks/profile_cntk.py"]
+    detailed = [*plain, "--print-details", "all", "--metrics", ",".join(NCU_METRICS), *script]
+    # an option or metric this ncu does not know must not cost the profile: then the plain one
+    return [["sh", "-c", f"{shlex.join(detailed)} || {shlex.join([*plain, *script])}"]]
 
 
 def _pack_gap2k(out: Path) -> dict:

@@ -226,10 +226,24 @@ def test_the_gap2k_step_resumes_and_packs_on_the_cpu(tmp_path, monkeypatch):
     assert (fresh / gs.GAP2K_OUT / "table1.csv").read_text().splitlines() == rows
 
 
-def test_the_profile_step_profiles_a_script_that_exists(tmp_path):
-    (argv,) = gs._profile(100, tmp_path)
-    assert argv[0] == "ncu" and (ROOT / argv[-1]).is_file()
-    assert argv[argv.index("--kernel-name") + 1] == "cntk_slices"
+def test_the_profile_step_falls_back_to_the_plain_profile(tmp_path, monkeypatch):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    fake = bin_folder / "ncu"  # an ncu that knows no --print-details: records each call
+    fake.write_text('#!/bin/sh\necho "ncu $*" >> "$NCU_CALLS"\n'
+                    'case "$*" in *--print-details*) exit 1;; esac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("NCU_CALLS", str(tmp_path / "calls.txt"))
+    session = gs.run([gs.STEPS["profile"]], seconds=60, out=tmp_path / "out", reserve=0)
+    assert session["steps"][0]["ok"]
+    detailed, plain = (tmp_path / "calls.txt").read_text().splitlines()
+    assert "--print-details all --metrics regex:" in detailed
+    assert "--print-details" not in plain and "--metrics" not in plain
+    for call in (detailed, plain):
+        assert "--kernel-name cntk_slices" in call and "--section SourceCounters" in call
+        assert call.endswith("benchmarks/profile_cntk.py")
+    assert (ROOT / "benchmarks" / "profile_cntk.py").is_file()
 
 
 def test_the_bench_step_names_only_options_the_benchmark_has(tmp_path):
