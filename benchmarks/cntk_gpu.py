@@ -10,7 +10,7 @@ warm-up (compilation excluded), timed end to end (per-image stds and readout sum
                                   [--nt-seconds S] [--sustained-seconds S]
 
 writes benchmarks/results/cntk_gpu.json (or FILE): {"device", "versions", "rows": [...],
-"sustained": {...}, "accuracy": [...], "flatten_all_depths": {...}, "tma_failure"},
+"accuracy": [...], "flatten_all_depths": {...}, "tma_failure"},
 rewritten after every case; a case that raises is recorded with its "error" and the run
 goes on.
 """
@@ -36,7 +36,7 @@ from ntkcheck.kernels import fused
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 3
 IMAGE = "32x32x3"
-IMAGES = 128  # CIFAR-10 test images timed
+IMAGES = 256  # CIFAR-10 test images timed (a Table 1 tile's side)
 TABLE1_DEPTHS = (3, 4, 6, 11, 21)
 
 
@@ -81,11 +81,16 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str,
     arch = arch_for(pooling, depth)
     arch.ntk(x1[:1], x2[:2], depths=depths, backend=backend)  # compile / warm up
     s = seconds(lambda: arch.ntk(x1, x2, depths=depths, backend=backend))
-    pairs = len(x1) * len(x2)
+    return record(impl, pooling, depth, len(x1) * len(x2), s, x1.dtype, depths, **extra)
+
+
+def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: float,
+           dtype: torch.dtype, depths: tuple[int, ...] | None, **extra) -> dict:
+    """A row of the results (printed too): ``pairs`` per call in ``seconds_per_call``."""
     out = {"impl": impl, "device": torch.cuda.get_device_name(), "image": IMAGE,
            "pooling": pooling, "fix_first_last": pooling == "gap", "depth": depth,
-           "us_per_pair": round(s / pairs * 1e6, 3), "pairs": pairs, "dtype": str(x1.dtype)[6:],
-           **({} if depths is None else {"depths": list(depths)}),
+           "us_per_pair": round(seconds_per_call / pairs * 1e6, 3), "pairs": pairs,
+           "dtype": str(dtype)[6:], **({} if depths is None else {"depths": list(depths)}),
            "versions": versions(), **extra}
     print(json.dumps({k: v for k, v in out.items() if k != "versions"}), flush=True)
     return out
@@ -94,7 +99,8 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str,
 @contextlib.contextmanager
 def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=, std_loads=); restored after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=, launch_order=); restored
+    after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -107,7 +113,8 @@ def variant(**options: int | str):
 
 def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
-            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS}
+            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS,
+            "launch_order": fused.LAUNCH_ORDER}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -143,25 +150,26 @@ def sm_clock() -> str | None:
         return None
 
 
-def sustained(x1: torch.Tensor, x2: torch.Tensor, depth: int, seconds: float) -> dict:
-    """The fused CNTK-GAP called back to back for ``seconds``, as a Table 1 column runs it
-    for minutes: us/pair of the first and the last calls, and the SM clock before and
-    after (a GPU that slows down under sustained load shows here, not in the rows above)."""
-    arch = arch_for("gap", depth)
-    arch.ntk(x1[:1], x2[:2], backend="triton")
+def sustained(x1: torch.Tensor, x2: torch.Tensor, seconds: float,
+              depths: tuple[int, ...] = TABLE1_DEPTHS) -> dict:
+    """CNTK-GAP with ``depths`` read out in one pass (Table 1's), called back to back for
+    ``seconds`` on a 256 x 256 tile of distinct images, as a Table 1 column runs for minutes
+    (its tiles are 256 images a side): the median call's us/pair, the first's and the last's,
+    and the SM clock before and after.  A GPU that slows under sustained load, or std planes
+    of many images that no longer share the L2 cache, show here and not in short calls."""
+    arch = arch_for("gap", max(depths))
+    arch.ntk(x1[:1], x2[:2], depths=depths, backend="triton")
     clock_before, runs = sm_clock(), []
     start = time.perf_counter()
     while not runs or time.perf_counter() - start < seconds:
-        runs.append(seconds_of(lambda: arch.ntk(x1, x2, backend="triton")))
+        runs.append(seconds_of(lambda: arch.ntk(x1, x2, depths=depths, backend="triton")))
     pairs = len(x1) * len(x2)
-    out = {"impl": "triton", "pooling": "gap", "fix_first_last": True, "depth": depth,
-           "pairs": pairs, "calls": len(runs), "seconds": round(sum(runs), 1),
-           "us_per_pair_first": round(runs[0] / pairs * 1e6, 3),
-           "us_per_pair_last": round(runs[-1] / pairs * 1e6, 3),
-           "us_per_pair_median": round(float(np.median(runs)) / pairs * 1e6, 3),
-           "sm_clock_before": clock_before, "sm_clock_after": sm_clock()}
-    print(json.dumps(out), flush=True)
-    return out
+    return record("triton", "gap", max(depths), pairs, float(np.median(runs)), x1.dtype, depths,
+                  variant=launch_options(), sustained={
+                      "calls": len(runs), "seconds": round(sum(runs), 1),
+                      "us_per_pair_first": round(runs[0] / pairs * 1e6, 3),
+                      "us_per_pair_last": round(runs[-1] / pairs * 1e6, 3),
+                      "sm_clock_before": clock_before, "sm_clock_after": sm_clock()})
 
 
 def flatten_all_depths(x: torch.Tensor, n: int) -> dict:
@@ -230,7 +238,7 @@ def main() -> None:
     parser.add_argument("--skip-nt", action="store_true", help="skip neural-tangents")
     parser.add_argument("--nt-seconds", type=float, default=240,
                         help="time limit of each neural-tangents depth, compilation included")
-    parser.add_argument("--sustained-seconds", type=float, default=30,
+    parser.add_argument("--sustained-seconds", type=float, default=25,
                         help="how long CNTK-GAP runs back to back for the sustained rate")
     args = parser.parse_args()
     x = cifar(IMAGES, args.data_root)
@@ -254,23 +262,25 @@ def main() -> None:
         add(None, {"impl": impl, "pooling": pooling, "depth": depth, **row_kwargs},
             row, impl, pooling, depth, *row_args, **row_kwargs)
 
-    gap1, gap2 = x[:64], x  # 8,192 pairs: per-call costs (the stds, launches) amortized
+    gap1, gap2 = x[:64], x[:128]  # 8,192 pairs: per-call costs (stds, launches) amortized
     for depth in (11, 21):
         timed("triton", "gap", depth, gap1, gap2, "triton", variant=launch_options())
         timed("torch", "gap", depth, x[:4], x[:16], "torch")
-        timed("triton", "flatten", depth, x, x, "triton", variant=launch_options())
-        timed("torch", "flatten", depth, x, x, "torch")
+        timed("triton", "flatten", depth, x[:128], x[:128], "triton", variant=launch_options())
+        timed("torch", "flatten", depth, x[:128], x[:128], "torch")
     # all of Table 1's depths from one pass, against depth 21's alone above
     timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
           variant=launch_options())
     # a small call, as the variants of the first GPU runs were timed: what per-call costs add
     timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
-    for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
-                    {"precision": 1}, {"precision": 0}):
+    for options in ({"launch_order": "slices"}, {"std_loads": "pointers"}, {"num_stages": 3},
+                    {"precision": 2}, {"precision": 1}, {"precision": 0}):
         with variant(**options):
             timed("triton", "gap", 11, gap1, gap2, "triton", variant=launch_options())
-    add("sustained", {"seconds": args.sustained_seconds}, sustained, gap1, gap2, 21,
-        args.sustained_seconds)
+    for order in ("pairs", "slices"):  # the tile: 256 images each side, 65,536 pairs
+        with variant(launch_order=order):
+            add(None, {"impl": "triton", "sustained": args.sustained_seconds, "order": order},
+                sustained, x[:256], x[:256], args.sustained_seconds)  # a cross tile
     add("accuracy", {}, accuracy, x)
     add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     if not args.skip_nt:  # last: a jax that compiles slowly or hangs costs only its own rows

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from ntkcheck.kernels import fused
 from tests.scripts import ROOT, load_script
 
 GPU_AT_IMPORT = {"profile_cntk.py"}  # profiles a CUDA launch as it loads: needs a GPU
@@ -49,6 +50,11 @@ def test_the_gpu_benchmark_cases_run_on_the_cpu(monkeypatch):
     assert one_pass["us_per_pair"] > 0 and "variant" not in one_pass
     alone = bench.row("torch", "flatten", 3, x, x, "torch", variant={"precision": 3})
     assert alone["pairs"] == 9 and "depths" not in alone and alone["variant"]["precision"] == 3
-    found = bench.sustained(x[:1], x[:2], 3, seconds=0)
-    assert found["calls"] == 1 and found["pairs"] == 2
-    assert found["us_per_pair_first"] == found["us_per_pair_last"] > 0
+    with bench.variant(launch_order="slices"):
+        found = bench.sustained(x[:1], x[:2], seconds=0, depths=(3, 5))
+    assert fused.LAUNCH_ORDER == "pairs"  # restored
+    assert (found["pairs"], found["depth"], found["depths"]) == (2, 5, [3, 5])
+    assert found["variant"]["launch_order"] == "slices"
+    timing = found["sustained"]
+    assert timing["calls"] == 1 and timing["us_per_pair_first"] == timing["us_per_pair_last"]
+    assert found["us_per_pair"] == timing["us_per_pair_first"] > 0
