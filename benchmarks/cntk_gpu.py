@@ -284,9 +284,9 @@ def main() -> None:
     add("accuracy", {}, accuracy, x)
     add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     if not args.skip_nt:  # last: a jax that compiles slowly or hangs costs only its own rows
-        for depth in (11, 21):
-            add(None, {"impl": "neural-tangents", "depth": depth}, neural_tangents, depth, 4, 4,
-                args.nt_seconds)
+        for depth in (11, 21):  # 256 pairs a call: 4 x 4 (the H200 run's) may underfill it
+            add(None, {"impl": "neural-tangents", "depth": depth}, neural_tangents, depth,
+                16, 16, args.nt_seconds)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
