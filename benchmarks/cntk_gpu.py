@@ -99,8 +99,7 @@ def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: fl
 @contextlib.contextmanager
 def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=, std_loads=, launch_order=); restored
-    after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=); restored after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -113,8 +112,7 @@ def variant(**options: int | str):
 
 def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
-            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS,
-            "launch_order": fused.LAUNCH_ORDER}
+            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -153,10 +151,10 @@ def sm_clock() -> str | None:
 def sustained(x1: torch.Tensor, x2: torch.Tensor, seconds: float,
               depths: tuple[int, ...] = TABLE1_DEPTHS) -> dict:
     """CNTK-GAP with ``depths`` read out in one pass (Table 1's), called back to back for
-    ``seconds`` on a 256 x 256 tile of distinct images, as a Table 1 column runs for minutes
-    (its tiles are 256 images a side): the median call's us/pair, the first's and the last's,
-    and the SM clock before and after.  A GPU that slows under sustained load, or std planes
-    of many images that no longer share the L2 cache, show here and not in short calls."""
+    ``seconds`` on a 256 x 256 tile, as a Table 1 column runs for minutes (its tiles are 256
+    images a side): the median call's us/pair, the first's and the last's, and the SM clock
+    before and after.  A GPU that slows under sustained load shows here, not in short
+    calls."""
     arch = arch_for("gap", max(depths))
     arch.ntk(x1[:1], x2[:2], depths=depths, backend="triton")
     clock_before, runs = sm_clock(), []
@@ -273,14 +271,12 @@ def main() -> None:
           variant=launch_options())
     # a small call, as the variants of the first GPU runs were timed: what per-call costs add
     timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
-    for options in ({"launch_order": "slices"}, {"std_loads": "pointers"}, {"num_stages": 3},
-                    {"precision": 2}, {"precision": 1}, {"precision": 0}):
+    for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
+                    {"precision": 1}, {"precision": 0}):
         with variant(**options):
             timed("triton", "gap", 11, gap1, gap2, "triton", variant=launch_options())
-    for order in ("pairs", "slices"):  # the tile: 256 images each side, 65,536 pairs
-        with variant(launch_order=order):
-            add(None, {"impl": "triton", "sustained": args.sustained_seconds, "order": order},
-                sustained, x[:256], x[:256], args.sustained_seconds)  # a cross tile
+    add(None, {"impl": "triton", "sustained": args.sustained_seconds}, sustained,
+        x[:256], x[:256], args.sustained_seconds)  # a cross tile, 65,536 pairs
     add("accuracy", {}, accuracy, x)
     add("flatten_all_depths", {"n": args.flatten_n}, flatten_all_depths, x, args.flatten_n)
     if not args.skip_nt:  # last: a jax that compiles slowly or hangs costs only its own rows

@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SIDE, CHANNELS, DEPTH = 32, 3, 11
 CONSTANTS = dict(P=SIDE, Q=SIDE, EXTENDED=True, CHANNELS=CHANNELS, RADIUS=1, SCALE=2 / 9,
                  DEEPEST=DEPTH, DEPTH_MASK=1 << DEPTH, FIX_FIRST_LAST=True, SYMMETRIC=False,
-                 BP=SIDE, BQ=SIDE, SLICES_FIRST=False)
+                 BP=SIDE, BQ=SIDE)
 LAYERS_PER_TURN = 2
 """Layers in one turn of the kernel's layer loop (it alternates two layouts)."""
 UNITS = {

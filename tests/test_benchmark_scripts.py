@@ -50,11 +50,11 @@ def test_the_gpu_benchmark_cases_run_on_the_cpu(monkeypatch):
     assert one_pass["us_per_pair"] > 0 and "variant" not in one_pass
     alone = bench.row("torch", "flatten", 3, x, x, "torch", variant={"precision": 3})
     assert alone["pairs"] == 9 and "depths" not in alone and alone["variant"]["precision"] == 3
-    with bench.variant(launch_order="slices"):
+    with bench.variant(precision=2):
         found = bench.sustained(x[:1], x[:2], seconds=0, depths=(3, 5))
-    assert fused.LAUNCH_ORDER == "pairs"  # restored
+    assert fused.PRECISION == 3  # restored
     assert (found["pairs"], found["depth"], found["depths"]) == (2, 5, [3, 5])
-    assert found["variant"]["launch_order"] == "slices"
+    assert found["variant"]["precision"] == 2
     timing = found["sustained"]
     assert timing["calls"] == 1 and timing["us_per_pair_first"] == timing["us_per_pair_last"]
     assert found["us_per_pair"] == timing["us_per_pair_first"] > 0

@@ -50,13 +50,6 @@ address per entry and layer; the faster way before sm_90, where Triton emulates 
 loads with bounds checks and spills: 77 instructions on sm_80), or "auto": TMA on compute
 capability 9.0 and later, and under the interpreter (of Triton 3.6 and later)."""
 
-LAUNCH_ORDER = "pairs"
-"""Which programs of a GAP launch run side by side: "pairs" (consecutive programs take the
-same slice of consecutive pairs: at any time a few slices of every pair in the launch, up
-to 256 pairs' std planes in use at once) or "slices" (consecutive programs take one pair's
-slices: one or two pairs' planes in use, shared in the L2 cache).  "pairs" has been timed
-on a GPU; "slices" not yet (``benchmarks/cntk_gpu.py`` times it as a variant)."""
-
 TMA_FAILURE: str | None = None
 """Why the TMA variant failed to compile in this process (then "auto" reads the std planes
 through pointers from there on, having warned once), or None.  It compiles for sm_90 under
@@ -203,8 +196,7 @@ def launch_for(
         P=side_p, Q=side_q, EXTENDED=gap, CHANNELS=channels, RADIUS=rules.radius,
         SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
-        BP=_block(side_p), BQ=_block(side_q), SLICES_FIRST=LAUNCH_ORDER == "slices",
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
 
@@ -279,9 +271,8 @@ def fused_kernels(
         keep = aa <= bb if symmetric else torch.ones_like(aa, dtype=torch.bool)
         ia, ib = aa[keep].to(torch.int32), bb[keep].to(torch.int32)
         buf = torch.empty(ia.numel(), slices, 2, deepest + 1, device=device)
-        grid = ((ia.numel() * slices,) if launch.options["SLICES_FIRST"]
-                else (ia.numel(), slices))
-        triton_cntk.cntk_slices[grid](*launch.args(ia, ib, buf), **launch.options)
+        triton_cntk.cntk_slices[(ia.numel(), slices)](*launch.args(ia, ib, buf),
+                                                      **launch.options)
         unscale = mean * launch.scale1[ia.long()] * launch.scale2[ib.long()]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
         found = {}

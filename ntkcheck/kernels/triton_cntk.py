@@ -256,7 +256,6 @@ def cntk_slices(
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-    SLICES_FIRST: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
@@ -267,16 +266,10 @@ def cntk_slices(
     or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so that a slice's
     partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj, one fixed shift
     away (needed unless the only slice is ki = kj = 0).  rows / cols: the pair's image
-    indices; grid (pairs, slices), or (pairs x slices,) with SLICES_FIRST: a pair's slices
-    in consecutive programs, which then share its two images' std planes in the L2 cache.
+    indices; grid (pairs, slices).
     """
-    SLICES: tl.constexpr = P * Q if EXTENDED else 1
-    if SLICES_FIRST:
-        pair = tl.program_id(0) // SLICES
-        sl = tl.program_id(0) % SLICES
-    else:
-        pair = tl.program_id(0)
-        sl = tl.program_id(1)
+    pair = tl.program_id(0)
+    sl = tl.program_id(1)
     a = tl.load(rows_ptr + pair)
     b = tl.load(cols_ptr + pair)
     ki = sl // Q  # flatten's only slice, sl = 0, is ki = kj = 0
@@ -312,7 +305,7 @@ def cntk_slices(
 
     SP: tl.constexpr = (S + 3) // 4 * 4  # std rows are padded to 16 bytes
     at1, at2 = _std_windows(std1, std2, a, b, ki, kj, std_plane, DEEPEST - 1, SP, TMA)
-    out = out_ptr + (pair.to(tl.int64) * SLICES + sl) * 2 * (DEEPEST + 1)
+    out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
     # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum that transposes:
     # layer h finds natural fields for odd h, flipped ones for even h.  Only layer 1 can
     # meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is the only SIGNED one, outside the

@@ -107,24 +107,6 @@ def test_one_convolution_alone(pooling):
                  both(arch, x, z, depths=(2,), backend="torch"))
 
 
-@pytest.mark.parametrize("pooling", ["flatten", "gap"])
-@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
-def test_either_launch_order_and_several_launches(pooling, cross, monkeypatch):
-    # a pair's slices in consecutive programs ("slices") or the same slice of consecutive
-    # pairs ("pairs"); launches of two pairs each, so that every launch but the first
-    # starts past pair 0 and the last one is short
-    monkeypatch.setattr(fused, "PROGRAMS_PER_LAUNCH", 2 * 4 * 5)
-    g = torch.Generator().manual_seed(8)
-    x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
-    z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64) if cross else None
-    arch = nc.CNN(depth=4, pooling=pooling, fix_first_last=pooling == "gap")
-    want = both(arch, x, z, backend="torch")
-    for order in ("slices", "pairs"):
-        monkeypatch.setattr(fused, "LAUNCH_ORDER", order)
-        got = both(arch, x.float().to(DEVICE), None if z is None else z.float().to(DEVICE))
-        assert_close(got, want)
-
-
 def test_wide_filter_and_padded_block():
     # 17 x 6 pads to a 32 x 16 block; q = 5 reaches two rows across the packing boundary
     x = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -381,13 +363,11 @@ def test_cifar_every_option(pooling, fix_first_last, filter_size, cross):
 
 
 @pytest.mark.parametrize("std_loads", ["tma", "pointers"])
-@pytest.mark.parametrize("launch_order", ["pairs", "slices"])
 @pytest.mark.gpu
 @needs_gpu
-def test_cifar_both_std_loads_and_launch_orders(std_loads, launch_order, monkeypatch):
-    # "auto" takes one of the two loads on a given GPU; this runs the other one too
+def test_cifar_both_std_loads(std_loads, monkeypatch):
+    # "auto" takes one of the two on a given GPU; this runs the other one too
     monkeypatch.setattr(fused, "STD_LOADS", std_loads)
-    monkeypatch.setattr(fused, "LAUNCH_ORDER", launch_order)
     x = cifar_images(6).cuda()
     arch = nc.CNN(depth=11, pooling="gap", fix_first_last=True)
     for x1, x2 in ((x, None), (x[:2], x[2:])):
