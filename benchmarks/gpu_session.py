@@ -6,9 +6,9 @@ call, and at most 8 files come back from $OUT (16 MiB each).  So a GPU session's
 two calls of this script, the first for the checks, the second for CNTK-GAP-2K with the rest:
 
     python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
-    # device run 1, carry ["carry"], timeout_s 450: the tests (needed if the kernel or its
-    # tests changed since their last GPU pass), the timings, a profile
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds 420 --steps pytest,bench,profile
+    # device run 1, carry ["carry"], timeout_s 330 (450 with pytest, --seconds 420): the
+    # tests (if the kernel or its tests changed since their last GPU pass), timings, a profile
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 300 --steps bench,profile
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
     python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k
