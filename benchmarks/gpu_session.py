@@ -6,9 +6,9 @@ call, and at most 8 files come back from $OUT (16 MiB each).  So a GPU session's
 two calls of this script, the first for the checks, the second for CNTK-GAP-2K with the rest:
 
     python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
-    # device run 1, carry ["carry"], timeout_s 330 (450 with pytest, --seconds 420): the
-    # tests (if the kernel or its tests changed since their last GPU pass), timings, a profile
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds 300 --steps bench,profile
+    # device run 1, carry ["carry"], timeout_s 390 (510 with pytest, --seconds 480): the
+    # tests (if the kernel or its tests changed since their last GPU pass), a profile, timings
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 360 --steps profile,bench
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
     python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k
@@ -138,9 +138,10 @@ def _pack_gap2k(out: Path) -> dict:
 STEPS = {s.name: s for s in (
     Step("pytest", "gpu_pytest.log", cap=200, need=60, commands=_pytest,
          env=lambda: {"NTKCHECK_DATA": str(DATA)}),
+    # the profile (~60 s) before the timings, which a short budget cuts at their last rows
+    Step("profile", "cntk_ncu.log", cap=120, need=40, commands=_profile),
     Step("bench", "cntk_gpu.log", cap=300, need=60, commands=_bench,
          env=lambda: {"PYTHONPATH": SITE}),
-    Step("profile", "cntk_ncu.log", cap=120, need=40, commands=_profile),
     Step("gap2k", "gap2k.log", cap=600, need=120, commands=_gap2k, after=_pack_gap2k,
          ok=(0, 3)),  # 3: stopped in time between test chunks; the same call continues
 )}
