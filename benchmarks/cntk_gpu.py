@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import ntkcheck as nc
-from ntkcheck.kernels import fused
+from ntkcheck.kernels import fused, triton_cntk
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 3
@@ -137,6 +137,30 @@ def accuracy(x: torch.Tensor) -> list[dict]:
     for a in found:
         print(json.dumps(a), flush=True)
     return found
+
+
+def kernel_only(x1: torch.Tensor, x2: torch.Tensor, depth: int, launches: int = 8) -> dict:
+    """The fused kernel's launches alone, without what a call does around them (the stds in
+    float64, the scaling, the readout sums, ~2,600 small torch operations a call): CNTK-GAP
+    with the first and last layer fixed, one launch of all pairs of ``x1`` and ``x2`` (as a
+    call's launches are, 16 x 16 pairs), repeated ``launches`` times."""
+    launch = fused.launch_for(x1, x2, frozenset((depth,)), filter_size=3, gap=True,
+                              fix_first_last=True, tma=fused._use_tma(x1.device))
+    a, b = torch.meshgrid(torch.arange(len(x1), device=x1.device),
+                          torch.arange(len(x2), device=x1.device), indexing="ij")
+    rows, cols = a.flatten().to(torch.int32), b.flatten().to(torch.int32)
+    slices = x1.shape[-2] * x1.shape[-1]
+    buf = torch.empty(len(rows), slices, 2, depth + 1, device=x1.device)
+    args = launch.args(rows, cols, buf)
+
+    def run() -> None:
+        for _ in range(launches):
+            triton_cntk.cntk_slices[(len(rows), slices)](*args, **launch.options)
+
+    triton_cntk.cntk_slices[(len(rows), slices)](*args, **launch.options)  # compiles
+    s = seconds(run) / launches
+    return record("triton-kernel", "gap", depth, len(rows), s, x1.dtype, None,
+                  variant=launch_options())
 
 
 def sm_clock() -> str | None:
@@ -271,6 +295,9 @@ def main() -> None:
           variant=launch_options())
     # a small call, as the variants of the first GPU runs were timed: what per-call costs add
     timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
+    for depth in (11, 21):  # and the kernel without them
+        add(None, {"impl": "triton-kernel", "depth": depth}, kernel_only, x[:16], x[16:32],
+            depth)
     for options in ({"std_loads": "pointers"}, {"num_stages": 3}, {"precision": 2},
                     {"precision": 1}, {"precision": 0}):
         with variant(**options):

@@ -50,6 +50,9 @@ def test_the_gpu_benchmark_cases_run_on_the_cpu(monkeypatch):
     assert one_pass["us_per_pair"] > 0 and "variant" not in one_pass
     alone = bench.row("torch", "flatten", 3, x, x, "torch", variant={"precision": 3})
     assert alone["pairs"] == 9 and "depths" not in alone and alone["variant"]["precision"] == 3
+    alone = bench.kernel_only(x[:1], x[1:], 3, launches=1)
+    assert (alone["impl"], alone["pairs"], alone["depth"]) == ("triton-kernel", 2, 3)
+    assert alone["us_per_pair"] > 0
     with bench.variant(precision=2):
         found = bench.sustained(x[:1], x[:2], seconds=0, depths=(3, 5))
     assert fused.PRECISION == 3  # restored
