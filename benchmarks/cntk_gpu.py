@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 import ntkcheck as nc
-from ntkcheck.kernels import fused, triton_cntk
+from ntkcheck.kernels import fused
+from ntkcheck.studies.table1 import DEPTHS as TABLE1_DEPTHS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 3
 IMAGE = "32x32x3"
 IMAGES = 256  # CIFAR-10 test images timed (a Table 1 tile's side)
-TABLE1_DEPTHS = (3, 4, 6, 11, 21)
 
 
 def versions() -> dict[str, str]:
@@ -149,15 +149,12 @@ def kernel_only(x1: torch.Tensor, x2: torch.Tensor, depth: int, launches: int = 
     a, b = torch.meshgrid(torch.arange(len(x1), device=x1.device),
                           torch.arange(len(x2), device=x1.device), indexing="ij")
     rows, cols = a.flatten().to(torch.int32), b.flatten().to(torch.int32)
-    slices = x1.shape[-2] * x1.shape[-1]
-    buf = torch.empty(len(rows), slices, 2, depth + 1, device=x1.device)
-    args = launch.args(rows, cols, buf)
 
     def run() -> None:
         for _ in range(launches):
-            triton_cntk.cntk_slices[(len(rows), slices)](*args, **launch.options)
+            launch.run(rows, cols)
 
-    triton_cntk.cntk_slices[(len(rows), slices)](*args, **launch.options)  # compiles
+    launch.run(rows, cols)  # compiles
     s = seconds(run) / launches
     return record("triton-kernel", "gap", depth, len(rows), s, x1.dtype, None,
                   variant=launch_options())

@@ -170,6 +170,17 @@ class Launch(NamedTuple):
         return (self.x1, self.x2, self.std1, self.std2, rows, cols, out, self.std_plane,
                 tiny, snap)
 
+    def run(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """One launch for the pairs (rows[i], cols[i]) (int32 image indices): each pair's
+        readouts per slice, (pairs, slices, 2, DEEPEST + 1), still scaled."""
+        from . import triton_cntk  # triton is optional
+
+        o = self.options
+        slices = o["P"] * o["Q"] if o["EXTENDED"] else 1
+        out = torch.empty(rows.numel(), slices, 2, o["DEEPEST"] + 1, device=rows.device)
+        triton_cntk.cntk_slices[(rows.numel(), slices)](*self.args(rows, cols, out), **o)
+        return out
+
 
 def launch_for(
     x1: torch.Tensor, x2: torch.Tensor | None, depths: frozenset[int], *, filter_size: int,
@@ -246,8 +257,6 @@ def fused_kernels(
     buffer of a launch.  With ``STD_LOADS = "auto"``, a TMA variant that does not compile
     falls back to pointer loads with a warning (``TMA_FAILURE``).
     """
-    from . import triton_cntk  # triton is optional
-
     prepare = functools.partial(launch_for, x1, x2, depths, filter_size=filter_size, gap=gap,
                                 fix_first_last=fix_first_last)
     tma = _use_tma(x1.device)
@@ -270,9 +279,7 @@ def fused_kernels(
         aa, bb = torch.meshgrid(a, b, indexing="ij")
         keep = aa <= bb if symmetric else torch.ones_like(aa, dtype=torch.bool)
         ia, ib = aa[keep].to(torch.int32), bb[keep].to(torch.int32)
-        buf = torch.empty(ia.numel(), slices, 2, deepest + 1, device=device)
-        triton_cntk.cntk_slices[(ia.numel(), slices)](*launch.args(ia, ib, buf),
-                                                      **launch.options)
+        buf = launch.run(ia, ib)
         unscale = mean * launch.scale1[ia.long()] * launch.scale2[ib.long()]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
         found = {}
