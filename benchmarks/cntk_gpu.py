@@ -99,7 +99,8 @@ def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: fl
 @contextlib.contextmanager
 def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=, std_loads=); restored after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=, loop_readouts=); restored
+    after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -112,7 +113,8 @@ def variant(**options: int | str):
 
 def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
-            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS}
+            "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS,
+            "loop_readouts": fused.LOOP_READOUTS}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -287,9 +289,12 @@ def main() -> None:
         timed("torch", "gap", depth, x[:4], x[:16], "torch")
         timed("triton", "flatten", depth, x[:128], x[:128], "triton", variant=launch_options())
         timed("torch", "flatten", depth, x[:128], x[:128], "torch")
-    # all of Table 1's depths from one pass, against depth 21's alone above
-    timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
-          variant=launch_options())
+    # all of Table 1's depths from one pass, against depth 21's alone above; and read out in
+    # a branch, as before (233 registers against 128)
+    for options in ({}, {"loop_readouts": "branch"}):
+        with variant(**options):
+            timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
+                  variant=launch_options())
     # a small call, as the variants of the first GPU runs were timed: what per-call costs add
     timed("triton", "gap", 11, x[:16], x[:32], "triton", variant=launch_options())
     for depth in (11, 21):  # and the kernel without them

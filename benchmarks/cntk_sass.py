@@ -1,15 +1,18 @@
 """What the fused CNTK kernel's layer loop costs, read from its machine code; no GPU needed.
 
-Compiles ``cntk_slices`` for an H100 (sm_90) with the Triton that is installed, disassembles
-it with the cuobjdump Triton ships, finds the layer loop (the longest backward branch) and
-counts its instructions per field entry and layer, by the unit that executes them.  The
-kernel is limited by data movement (Nsight Compute on an H100: L1/shared 83% busy at 1.1
-instructions per cycle), so the shared-memory, shuffle and global counts are the figures to
-drive down; registers and spills set how many programs an SM holds.  A proxy, not a timing:
-benchmarks/cntk_gpu.py measures on a GPU.
+Compiles ``cntk_slices`` for an H100 / H200 (sm_90) with the Triton that is installed, as a
+launch of ``fused`` on 32x32x3 CNTK-GAP would (through a stand-in driver that names the
+GPU), disassembles it with the cuobjdump Triton ships, finds the layer loop (the longest
+backward branch) and counts its instructions per field entry and layer, by the unit that
+executes them.  Nsight Compute on an H200 (``benchmarks/results/cntk_ncu_h200.log``, depth
+11) found no unit saturated: instructions issued on 61% of cycles, with 4 warps per
+scheduler (registers allow eight 2-warp programs per SM) too few to hide the latencies.  So
+the instruction count and the registers (how many programs an SM holds) are the figures
+to drive down.  A proxy, not a timing: benchmarks/cntk_gpu.py measures on a GPU.
 
     python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P]
-                                   [--std-loads tma|pointers] [--out FILE]
+                                   [--std-loads tma|pointers] [--depths 3,4,6,11,21]
+                                   [--loop-readouts "every layer"|branch] [--out FILE]
 
 adds (or replaces) the row NAME in benchmarks/results/cntk_sass.json (or FILE).  Run it
 with PYTHONPATH pointing at another checkout to count that checkout's kernel.
@@ -28,17 +31,15 @@ from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
 
-from ntkcheck.kernels import fused, triton_cntk  # noqa: E402
+from ntkcheck.kernels import fused  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIDE, CHANNELS, DEPTH = 32, 3, 11
-CONSTANTS = dict(P=SIDE, Q=SIDE, EXTENDED=True, CHANNELS=CHANNELS, RADIUS=1, SCALE=2 / 9,
-                 DEEPEST=DEPTH, DEPTH_MASK=1 << DEPTH, FIX_FIRST_LAST=True, SYMMETRIC=False,
-                 BP=SIDE, BQ=SIDE)
+SIDE, CHANNELS = 32, 3
 LAYERS_PER_TURN = 2
 """Layers in one turn of the kernel's layer loop (it alternates two layouts)."""
 UNITS = {
@@ -51,26 +52,31 @@ UNITS = {
 }
 
 
-def argument_type(name: str, tma: bool) -> str:
-    if name in ("rows_ptr", "cols_ptr"):
-        return "*i32"
-    if name in ("std1", "std2") and tma:
-        return f"tensordesc<fp32[1, 1, 1, {CONSTANTS['BP']}, {CONSTANTS['BQ']}]>"
-    if name.endswith("_ptr") or name in ("std1", "std2"):
-        return "*fp32"
-    return "fp32" if name in ("scale", "tiny", "snap") else "i32"
+class StandInDriver:
+    """A Triton driver that names the GPU to compile for (compute capability ``arch``) and
+    launches nothing, so that a kernel compiles as its launch there would, without one."""
+
+    def __init__(self, arch: int):
+        self.arch = arch
+
+    def get_current_device(self) -> int:
+        return self.arch  # Triton keeps a kernel cache per device
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return GPUTarget("cuda", self.arch, 32)
 
 
-def compile_kernel(num_warps: int, precision: int, tma: bool):
-    fn = triton_cntk.cntk_slices
-    constants = {**CONSTANTS, "PRECISION": precision, "TMA": tma}
-    constants = {k: v for k, v in constants.items() if k in fn.arg_names}
-    signature = {n: "constexpr" if n in constants else argument_type(n, tma)
-                 for n in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": fused.NUM_STAGES})
+def compile_kernel(depths: tuple[int, ...], tma: bool, arch: int = 90):
+    """``cntk_slices`` as a CNTK-GAP launch on 32x32x3 images with the first and last layer
+    fixed (Table 1's) compiles it for compute capability ``arch``, with fused's options."""
+    driver.set_active(StandInDriver(arch))
+    x = torch.randn(2, CHANNELS, SIDE, SIDE)
+    launch = fused.launch_for(x, x[:1], frozenset(depths), filter_size=3, gap=True,
+                              fix_first_last=True, tma=tma)
+    return fused.compiled(launch)
 
 
 def cuobjdump(*args: str) -> str:
@@ -94,13 +100,23 @@ def loop_opcodes(sass: str) -> collections.Counter:
                                for address, text in code if start <= address <= end)
 
 
-def count(label: str, num_warps: int, precision: int, tma: bool) -> dict:
-    kernel = compile_kernel(num_warps, precision, tma)
+def resources(kernel) -> dict[str, int]:
+    """Registers per thread and stack bytes of a compiled kernel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = cuobjdump("-res-usage", cubin.name)
+    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1))}
+
+
+def count(label: str, depths: tuple[int, ...], tma: bool) -> dict:
+    kernel = compile_kernel(depths, tma)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
         cubin.flush()
         opcodes = loop_opcodes(cuobjdump("-sass", cubin.name))
-        usage = cuobjdump("-res-usage", cubin.name)
+    num_warps = kernel.metadata.num_warps
     # Per field entry and layer of the whole program: work a layout repeats on several warps
     # (Triton replicates a 32 x 32 mma over 4 warps two ways) counts as often as it runs.
     per_thread = SIDE * SIDE / (32 * num_warps)
@@ -110,11 +126,12 @@ def count(label: str, num_warps: int, precision: int, tma: bool) -> dict:
     units["other"] = round(total * scale - sum(units.values()), 2)
     return {
         "label": label, "target": "sm_90", "triton": triton.__version__,
-        "kernel": {"image": f"{SIDE}x{SIDE}x{CHANNELS}", "pooling": "gap", "depth": DEPTH,
-                   "num_warps": num_warps, "num_stages": fused.NUM_STAGES,
-                   "precision": precision, "std_loads": "tma" if tma else "pointers"},
-        "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-        "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1)),
+        "kernel": {"image": f"{SIDE}x{SIDE}x{CHANNELS}", "pooling": "gap",
+                   "depth": max(depths), "depths": list(depths), "num_warps": num_warps,
+                   "num_stages": kernel.metadata.num_stages, "precision": fused.PRECISION,
+                   "std_loads": "tma" if tma else "pointers",
+                   "loop_readouts": fused.LOOP_READOUTS},
+        **resources(kernel),
         "shared_bytes": kernel.metadata.shared,
         "layers_per_loop_turn": LAYERS_PER_TURN,
         "instructions_per_entry_layer": round(total * scale, 2),
@@ -130,9 +147,16 @@ def main() -> None:
     parser.add_argument("--precision", type=int, default=fused.PRECISION)
     parser.add_argument("--std-loads", choices=("tma", "pointers"), default="tma",
                         help="how the std planes are read (fused.STD_LOADS; tma on sm_90)")
+    parser.add_argument("--depths", default="11",
+                        help="the depths read out in one pass, e.g. 3,4,6,11,21 (Table 1's)")
+    parser.add_argument("--loop-readouts", choices=("every layer", "branch"),
+                        default=fused.LOOP_READOUTS, help="fused.LOOP_READOUTS")
     parser.add_argument("--out", type=Path, default=RESULTS / "cntk_sass.json")
     args = parser.parse_args()
-    row = count(args.label, args.num_warps, args.precision, args.std_loads == "tma")
+    fused.NUM_WARPS, fused.PRECISION = args.num_warps, args.precision
+    fused.LOOP_READOUTS = args.loop_readouts
+    depths = tuple(sorted(int(d) for d in args.depths.split(",")))
+    row = count(args.label, depths, args.std_loads == "tma")
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     rows = [r for r in rows if r["label"] != args.label] + [row]
     args.out.write_text(json.dumps({"benchmark": "cntk_sass", "rows": rows}, indent=1) + "\n")

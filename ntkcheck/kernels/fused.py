@@ -37,6 +37,22 @@ per program; Triton's default 3 needs 36 KB, which would cap an H100 SM at six p
 where the 128 registers of the TMA path allow eight.  1 (no prefetch) stalls on every
 layer's loads."""
 
+LOOP_READOUTS = "every layer"
+"""How the layer loop reads out the depths it passes (Table 1's 3, 4, 6 and 11 in a depth-21
+pass): "every layer" sums both fields at every layer of the loop and stores the requested
+sums; "branch" sums only at the requested layers, in a branch that Triton's software
+pipeliner moves past the next layer's products, keeping both fields of every layer alive:
+233 registers on sm_90 (Triton 3.6) instead of depth 21's 128, half as many programs per
+SM; on an H200 the five depths in one pass took 81.9 us/pair, depth 21 alone 60.4.
+Summing every layer adds ~13% of instructions to each loop layer
+(``benchmarks/cntk_sass.py --depths``).  A pass that reads out nothing inside the loop
+(depths 2 and the deepest alone) compiles the same either way."""
+
+LOOP_READOUT_REGISTERS = 128
+"""Register cap of the TMA kernel that sums every layer: left alone, Triton 3.6 gives it 141
+for sm_90, which fits seven 2-warp programs in an SM's 64K registers instead of eight; at
+128 it spills 8 bytes, outside the loop."""
+
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
 twice the tensor-core instructions), 1 = plain tf32 (~1e-3 relative error), 0 = exact
@@ -203,26 +219,35 @@ def launch_for(
         width = x1c.shape[-1]
         block = [1, 1, 1, _block(side_p), _block(side_q)]
         std1, std2 = (TensorDescriptor.from_tensor(s[..., :width], block) for s in (std1, std2))
+    every_layer = LOOP_READOUTS == "every layer" and any(2 < d < deepest for d in depths)
     options = dict(
         P=side_p, Q=side_q, EXTENDED=gap, CHANNELS=channels, RADIUS=rules.radius,
         SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
-        BP=_block(side_p), BQ=_block(side_q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        BP=_block(side_p), BQ=_block(side_q), SUM_EVERY_LAYER=every_layer,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **({"maxnreg": LOOP_READOUT_REGISTERS} if every_layer and tma else {}),
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
+
+
+def compiled(launch: Launch) -> Any:
+    """The kernel compiled for ``launch`` on the current device (Triton's CompiledKernel;
+    its ``asm`` holds the machine code), launching nothing."""
+    from . import triton_cntk
+
+    index = torch.zeros(1, dtype=torch.int32, device=launch.x1.device)
+    args = launch.args(index, index, launch.x1.new_empty(1))
+    return triton_cntk.cntk_slices.warmup(*args, grid=(1, 1), **launch.options)
 
 
 def compile_error(launch: Launch) -> str | None:
     """What compiling the kernel for ``launch`` on the current device raised, or None
     (also under the interpreter, which compiles nothing)."""
-    from . import triton_cntk
-
     if interpreting():
         return None
-    index = torch.zeros(1, dtype=torch.int32, device=launch.x1.device)
-    args = launch.args(index, index, launch.x1.new_empty(1))
     try:
-        triton_cntk.cntk_slices.warmup(*args, grid=(1, 1), **launch.options)
+        compiled(launch)
     except Exception as error:  # noqa: BLE001 -- any compile failure; the caller says so
         return f"{type(error).__name__}: {error}"
     return None

@@ -201,11 +201,12 @@ def _activation(
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    SUM_EVERY_LAYER: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
-    storing the readouts of depth h + 1 if it is requested.  at1 / at2 locate the two
-    images' std windows (``_load_std``; at2 at the slice's partner positions), ROW is
-    their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
+    storing the readouts of depth h + 1 if it is requested (``_read_out``).  at1 / at2
+    locate the two images' std windows (``_load_std``; at2 at the slice's partner
+    positions), ROW is their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
     s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
     s2 = _load_std(at2, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
     norm = s1 * s2
@@ -222,14 +223,30 @@ def _activation(
     sine = tl.sqrt(w * ((SCALE / (2 * _PI)) ** 2 * (1.0 + tl.abs(rho))))
     k = (sine + kdot * rho) * norm  # K^(h) = scale norm (sin theta + theta rho) / (2 pi)
     propagated = kdot * theta
-    if (DEPTH_MASK >> (h + 1)) & 1:
-        if FIX_FIRST_LAST:
-            top = propagated
-        else:
-            top = propagated + k
-        tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0))
-        tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0))
+    wanted = (DEPTH_MASK >> (h + 1)) & 1
+    if SUM_EVERY_LAYER:
+        _read_out(out, h, k, propagated, wanted != 0, DEEPEST, FIX_FIRST_LAST)
+    elif wanted:
+        _read_out(out, h, k, propagated, True, DEEPEST, FIX_FIRST_LAST)
     return k, propagated
+
+
+@triton.jit
+def _read_out(out, h, k, propagated, wanted, DEEPEST: tl.constexpr,
+              FIX_FIRST_LAST: tl.constexpr):
+    """Store (where ``wanted``) the slice's sums of the NTK and NNGP fields whose readouts
+    give depth h + 1.  Inside the layer loop, where h is a run-time value, the caller
+    either sums every layer and stores the wanted sums (SUM_EVERY_LAYER), or sums in a
+    branch taken at the wanted layers only; Triton's software pipeliner moves such a
+    branch to the end of the loop turn, past the next layer's products, which keeps both
+    fields of the first layer alive: 233 registers on sm_90 instead of 128, half as many
+    programs per SM (``fused.LOOP_READOUTS``)."""
+    if FIX_FIRST_LAST:
+        top = propagated
+    else:
+        top = propagated + k
+    tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0), mask=wanted)
+    tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0), mask=wanted)
 
 
 @triton.jit
@@ -238,12 +255,12 @@ def _layer(
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr,
     PRECISION: tl.constexpr, DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr, SUM_EVERY_LAYER: tl.constexpr,
 ):
     """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)) transposed."""
     k, propagated = _activation(
         sigma, theta, h, at1, at2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
-        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA)
+        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
     return (_patch_sum_transposed(k, first, second, PRECISION),
             _patch_sum_transposed(propagated + k, first, second, PRECISION))
 
@@ -256,6 +273,7 @@ def cntk_slices(
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+    SUM_EVERY_LAYER: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
@@ -266,7 +284,8 @@ def cntk_slices(
     or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so that a slice's
     partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj, one fixed shift
     away (needed unless the only slice is ki = kj = 0).  rows / cols: the pair's image
-    indices; grid (pairs, slices).
+    indices; grid (pairs, slices).  SUM_EVERY_LAYER: the layer loop sums both fields at
+    every layer, storing the requested sums, instead of in a branch (``_read_out``).
     """
     pair = tl.program_id(0)
     sl = tl.program_id(1)
@@ -312,30 +331,33 @@ def cntk_slices(
     # loop, which then takes two layers per iteration and carries flipped fields.
     if DEEPEST == 2:
         _activation(sigma, theta, 1, at1, at2, snap_at, tiny, out,
-                    P, Q, BP, BQ, SP, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA)
+                    P, Q, BP, BQ, SP, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA,
+                    False)
     else:
         sigma, theta = _layer(
             sigma, theta, 1, cols, rows, at1, at2, snap_at, tiny, out,
             P, Q, BP, BQ, SP, False, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-            FIX_FIRST_LAST, TMA)
+            FIX_FIRST_LAST, TMA, False)
+        # h is a run-time value in the loop only: outside it, a readout is decided when the
+        # kernel compiles
         for h in range(2, DEEPEST - 2, 2):
             sigma_n, theta_n = _layer(
                 sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
                 P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-                FIX_FIRST_LAST, TMA)
+                FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
             sigma, theta = _layer(
                 sigma_n, theta_n, h + 1, cols, rows, at1, at2, snap_at,
                 tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST, TMA)
+                DEPTH_MASK, FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
         if DEEPEST % 2 == 1:  # the last layer is even: flipped fields
             _activation(sigma, theta, DEEPEST - 1, at1, at2, snap_at, tiny,
                         out, P, Q, BP, BQ, SP, True, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST, TMA)
+                        FIX_FIRST_LAST, TMA, False)
         else:  # one more patch-summing layer, then the last one on natural fields
             sigma_n, theta_n = _layer(
                 sigma, theta, DEEPEST - 2, rows, cols, at1, at2, snap_at,
                 tiny, out, P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST, TMA)
+                DEPTH_MASK, FIX_FIRST_LAST, TMA, False)
             _activation(sigma_n, theta_n, DEEPEST - 1, at1, at2, snap_at,
                         tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST, TMA)
+                        FIX_FIRST_LAST, TMA, False)

@@ -4,7 +4,9 @@ The interpreter runs the kernel's arithmetic but compiles nothing, so a change t
 compiler rejects (a layout, a descriptor, registers) would pass the other tests.  Here
 Triton's own compiler, through the ptxas it ships, builds the kernel for Hopper (sm_90) and
 Ampere (sm_80) by ``fused.compile_error``, the probe "auto" runs before its first TMA launch,
-under a stand-in driver that names the target and launches nothing.
+under a stand-in driver that names the target and launches nothing
+(``benchmarks/cntk_sass.py``), and the registers of Table 1's one-pass kernel are read from
+its machine code.
 """
 
 from __future__ import annotations
@@ -17,31 +19,22 @@ import textwrap
 
 import pytest
 
+from tests.scripts import ROOT
+
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent('''
     import json
     import torch
-    from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
+    from benchmarks.cntk_sass import StandInDriver
     from ntkcheck.kernels import fused
-
-    class Target:
-        """A driver that names the GPU to compile for; nothing is launched."""
-        def __init__(self, arch):
-            self.arch = arch
-        def get_current_device(self):
-            return self.arch  # Triton keeps a kernel cache per device
-        def get_current_stream(self, device=None):
-            return 0
-        def get_current_target(self):
-            return GPUTarget("cuda", self.arch, 32)
 
     x = torch.randn(3, 3, 32, 32)
     found = {}
     for arch, gap, tma, gram in [(90, True, True, False), (90, False, True, True),
                                  (90, True, False, True), (80, True, False, False)]:
-        driver.set_active(Target(arch))
+        driver.set_active(StandInDriver(arch))
         launch = fused.launch_for(x, None if gram else x[:2], frozenset((3, 21)),
                                   filter_size=3, gap=gap, fix_first_last=gap, tma=tma)
         name = f"sm_{arch} {'gap' if gap else 'flatten'} {'tma' if tma else 'pointers'}"
@@ -49,18 +42,49 @@ SCRIPT = textwrap.dedent('''
     print(json.dumps(found))
 ''')
 
+REGISTERS = textwrap.dedent('''
+    import json
+    import sys
+    from benchmarks import cntk_sass
+    from ntkcheck.kernels import fused
 
-def test_compiles_for_sm90_with_tma_and_sm80_with_pointers(tmp_path):
+    fused.LOOP_READOUTS = sys.argv[1]
+    print(json.dumps({str(depths): cntk_sass.resources(cntk_sass.compile_kernel(depths, True))
+                      for depths in [(21,), (3, 4, 6, 11, 21)]}))
+''')
+
+
+def compile_for_gpus(script: str, tmp_path, *args: str) -> dict:
+    """``script``'s last line of JSON, run from the checkout in a process of its own (the
+    stand-in driver and cntk_sass.py's import drop the interpreter) with a fresh kernel
+    cache, so that the kernels compile now."""
     from triton.runtime.driver import driver
 
     if not hasattr(driver, "set_active"):
         pytest.skip("this Triton has no driver.set_active to compile for a named GPU")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile now, not from an earlier run's cache
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600)
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compiles_for_sm90_with_tma_and_sm80_with_pointers(tmp_path):
+    found = compile_for_gpus(SCRIPT, tmp_path)
     assert len(found) == 4
     assert found == dict.fromkeys(found), {k: v for k, v in found.items() if v}
     assert list(tmp_path.rglob("*.cubin")), "nothing was compiled"
+
+
+@pytest.mark.parametrize("loop_readouts", ["every layer", "branch"])
+def test_table1_depths_in_one_pass_take_no_more_registers(loop_readouts, tmp_path):
+    # Reading out depths 3, 4, 6 and 11 inside the layer loop of a depth-21 pass must not
+    # cost registers (programs per SM).  In a branch, the pipeliner keeps every layer's
+    # fields alive to the loop turn's end: 233 registers against 128 under Triton 3.6.
+    found = compile_for_gpus(REGISTERS, tmp_path, loop_readouts)
+    alone, table1 = (found[k]["registers"] for k in ("(21,)", "(3, 4, 6, 11, 21)"))
+    if loop_readouts == "every layer":
+        assert table1 <= alone, found
+    else:  # what the default guards against, seen
+        assert table1 > alone + 64, found
