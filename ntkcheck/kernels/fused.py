@@ -299,20 +299,22 @@ def fused_kernels(
     device = x1.device
 
     def tile(rows: slice, cols: slice) -> dict[int, Kernels]:
-        a = torch.arange(x1.shape[0], device=device)[rows]
-        b = torch.arange(z.shape[0], device=device)[cols]
-        aa, bb = torch.meshgrid(a, b, indexing="ij")
-        keep = aa <= bb if symmetric else torch.ones_like(aa, dtype=torch.bool)
-        ia, ib = aa[keep].to(torch.int32), bb[keep].to(torch.int32)
-        buf = launch.run(ia, ib)
-        unscale = mean * launch.scale1[ia.long()] * launch.scale2[ib.long()]
+        # The tile's pairs (a Gram's on or above the diagonal only), found without a mask:
+        # a boolean index would wait for the GPU (to count), so the next launch could not
+        # queue behind this one and the GPU would idle while Python prepares it.
+        shape = len(range(x1.shape[0])[rows]), len(range(z.shape[0])[cols])
+        lowest = rows.start - cols.start if symmetric else -shape[0]  # least col - row kept
+        i, j = torch.triu_indices(*shape, offset=lowest, device=device)
+        ia, ib = i + rows.start, j + cols.start
+        buf = launch.run(ia.to(torch.int32), ib.to(torch.int32))
+        unscale = mean * launch.scale1[ia] * launch.scale2[ib]
         sums = buf.sum(1, dtype=torch.float64) / unscale[:, None, None]  # (pairs, 2, deepest+1)
         found = {}
         for d in depths:
-            ntk = x1.new_zeros(aa.shape)
-            nngp = x1.new_zeros(aa.shape)
-            ntk[keep] = sums[:, 0, d].to(x1.dtype)
-            nngp[keep] = sums[:, 1, d].to(x1.dtype)
+            ntk = x1.new_zeros(shape)
+            nngp = x1.new_zeros(shape)
+            ntk[i, j] = sums[:, 0, d].to(x1.dtype)
+            nngp[i, j] = sums[:, 1, d].to(x1.dtype)
             found[d] = Kernels(ntk, nngp)
         return found
 
