@@ -48,10 +48,14 @@ Summing every layer adds ~13% of instructions to each loop layer
 (``benchmarks/cntk_sass.py --depths``).  A pass that reads out nothing inside the loop
 (depths 2 and the deepest alone) compiles the same either way."""
 
-LOOP_READOUT_REGISTERS = 128
-"""Register cap of the TMA kernel that sums every layer: left alone, Triton 3.6 gives it 141
-for sm_90, which fits seven 2-warp programs in an SM's 64K registers instead of eight; at
-128 it spills 8 bytes, outside the loop."""
+MAX_REGISTERS: int | None = 128
+"""Registers per thread the TMA kernel may take (Triton's maxnreg; None: the compiler's
+choice).  128 holds eight 2-warp programs in an SM's 64K registers.  Left alone, Triton 3.6
+takes 128 for sm_90 for a single depth (the cap adds 0.7% to its loop's instructions),
+Triton 3.8 and 3.9 take 129 and 133, and 3.6 takes 141 for a pass that sums every layer:
+seven programs (at 128 it spills 8 bytes, outside the loop).  112 would hold nine, as many
+as shared memory allows, with ~1% more loop instructions and no spill inside the loop:
+untimed, a variant of the benchmark (``benchmarks/results/cntk_sass.json``)."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
@@ -219,14 +223,14 @@ def launch_for(
         width = x1c.shape[-1]
         block = [1, 1, 1, _block(side_p), _block(side_q)]
         std1, std2 = (TensorDescriptor.from_tensor(s[..., :width], block) for s in (std1, std2))
-    every_layer = LOOP_READOUTS == "every layer" and any(2 < d < deepest for d in depths)
     options = dict(
         P=side_p, Q=side_q, EXTENDED=gap, CHANNELS=channels, RADIUS=rules.radius,
         SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
-        BP=_block(side_p), BQ=_block(side_q), SUM_EVERY_LAYER=every_layer,
+        BP=_block(side_p), BQ=_block(side_q),
+        SUM_EVERY_LAYER=LOOP_READOUTS == "every layer" and any(2 < d < deepest for d in depths),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **({"maxnreg": LOOP_READOUT_REGISTERS} if every_layer and tma else {}),
+        **({"maxnreg": MAX_REGISTERS} if tma and MAX_REGISTERS else {}),
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
 
