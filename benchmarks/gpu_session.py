@@ -3,18 +3,18 @@
 A session lent a GPU has 15 minutes of device time in all, each machine start (a minute or
 more) counted in; one command runs at most 10 minutes, a machine stays warm 30 s after a
 call, and at most 8 files come back from $OUT (16 MiB each).  So a GPU session's work is
-two calls of this script, the first for the checks, the second for CNTK-GAP-2K with the rest:
+two calls of this script, the second on the warm machine as soon as the first returns:
 
     python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
-    # device run 1, carry ["carry"], timeout_s 390 (510 with pytest, --seconds 480): the
-    # tests (if the kernel or its tests changed since their last GPU pass), a profile, timings
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds 360 --steps profile,bench
+    # device run 1, carry ["carry"], timeout_s 600: what matters most first (the README's
+    # plan for the next session says which), e.g.
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 570 --steps gap2k,pytest
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k,bench
     python benchmarks/gpu_session.py unpack DIR       # here: the GAP-2K work that came back
 
-``run`` takes the named steps in order (``STEPS``).  Each gets what is left of ``--seconds``
+``run`` takes the named steps in the order named.  Each gets what is left of ``--seconds``
 (at most its own cap, less ``RESERVE`` for what follows the last step), is killed with
 every process it started when that runs out, and writes its output to a log in ``--out``;
 a step that fails or is cut off does not stop the next, and one with less time left than
@@ -27,8 +27,8 @@ finished (the fitted weights and test chunks, not the Gram tiles) into
 ``SAVED_WORK``, so that ``prepare`` in a later session carries it again.  The Gram matrix
 (2M pairs of depth 21) must finish within one warm machine's calls, since its tiles (47 MB)
 would not travel back (on an H200 it took 152 s); a second call on the same machine that
-carries nothing finds them still there.  If run 1's GPU tests failed, spend run 2 on
-something else.
+carries nothing finds them still there.  Its parts leave room for the files of the steps
+named after it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,9 @@ def _profile(seconds: float, out: Path) -> list[list[str]]:
 
 
 def _pack_gap2k(out: Path) -> dict:
-    return pack([WORK, GAP2K_OUT], out / PACK, max_files=MAX_FILES - _files(out))
+    # parts in the files that come back, less those that steps after this one may still write
+    later = sum(not (out / name).exists() for name in OTHER_FILES)
+    return pack([WORK, GAP2K_OUT], out / PACK, max_files=MAX_FILES - _files(out) - later)
 
 
 STEPS = {s.name: s for s in (
@@ -145,6 +147,10 @@ STEPS = {s.name: s for s in (
     Step("gap2k", "gap2k.log", cap=600, need=120, commands=_gap2k, after=_pack_gap2k,
          ok=(0, 3)),  # 3: stopped in time between test chunks; the same call continues
 )}
+
+
+OTHER_FILES = {s.log for s in STEPS.values() if s.after is None} | {"cntk_gpu.json"}
+"""What the steps other than gap2k write to ``--out``."""
 
 
 def _files(folder: Path) -> int:
@@ -417,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be among {', '.join(STEPS)}; got {', '.join(unknown)}")
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # the steps name paths relative to the repository
-    # in STEPS' order: GAP-2K, which packs what comes back, last
-    session = run([s for n, s in STEPS.items() if n in names], args.seconds, out)
+    session = run([STEPS[n] for n in names], args.seconds, out)  # in the order named
     return 0 if all(s.get("ok", True) for s in session["steps"]) else 1
 
 

@@ -181,6 +181,24 @@ def test_a_finished_column_goes_into_the_committed_table(tmp_path):
     assert not (here / gs.SAVED_WORK).exists()
 
 
+def test_steps_run_in_the_order_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(gs, "STEPS", {n: step(n, f"print('{n}')") for n in ("a", "b", "c")})
+    assert gs.main(["run", "--out", str(tmp_path), "--seconds", "60", "--steps", "c,a"]) == 0
+    session = json.loads((tmp_path / "session.json").read_text())
+    assert [s["step"] for s in session["steps"]] == ["c", "a"]
+
+
+@pytest.mark.parametrize("present", [[], ["gpu_pytest.log"], sorted(gs.OTHER_FILES)])
+def test_the_gap2k_parts_leave_room_for_the_later_steps_files(present, tmp_path, monkeypatch):
+    for name in ["session.json", gs.CLOCKS, "gap2k.log", *present]:
+        (tmp_path / name).write_text("")
+    monkeypatch.setattr(gs, "pack", lambda sources, target, max_files: max_files)
+    # the 8 files that come back: these, the parts, and what the other steps may still write
+    assert gs.OTHER_FILES == {"gpu_pytest.log", "cntk_ncu.log", "cntk_gpu.log",
+                              "cntk_gpu.json"}
+    assert gs._pack_gap2k(tmp_path) == gs.MAX_FILES - 3 - len(gs.OTHER_FILES) == 1
+
+
 def test_unpack_without_parts_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="gap2k_work.tar.NN"):
         gs.unpack(tmp_path, root=tmp_path)
