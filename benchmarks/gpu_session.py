@@ -8,7 +8,7 @@ two calls of this script, the second on the warm machine as soon as the first re
     python benchmarks/gpu_session.py prepare          # here: fills carry/ (what travels)
     # device run 1, carry ["carry"], timeout_s 600: what matters most first (the README's
     # plan for the next session says which), e.g.
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds 570 --steps gap2k,pytest
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds 570 --steps pytest,gap2k
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
     python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k,bench

@@ -44,7 +44,7 @@ sums; "branch" sums only at the requested layers, in a branch that Triton's soft
 pipeliner moves past the next layer's products, keeping both fields of every layer alive:
 233 registers on sm_90 (Triton 3.6) instead of depth 21's 128, half as many programs per
 SM; on an H200 the five depths in one pass took 81.9 us/pair, depth 21 alone 60.4.
-Summing every layer adds ~13% of instructions to each loop layer
+Summing every layer adds ~14% of instructions to each loop layer
 (``benchmarks/cntk_sass.py --depths``).  A pass that reads out nothing inside the loop
 (depths 2 and the deepest alone) compiles the same either way."""
 
