@@ -315,13 +315,15 @@ def run_column(
 
     parts = _test_chunks(len(test_labels), len(labels), column.pooling)
     chunks: list[dict] = []
+    done: list[slice] = []  # the test images of ``chunks``
 
     def in_time() -> None:
         took = chunks[-1]["seconds"] if chunks else 0.0  # the next chunk's likely time
         if deadline is not None and _clock() + took > deadline:
             raise TimeLimitReached(
                 f"{column.name} stopped within its time limit: {len(chunks)} of {len(parts)}"
-                f" test chunks done, kept in {folder}")
+                f" test chunks done, kept in {folder}"
+                + _preview(chunks, np.concatenate([test_labels[p] for p in done]), depths))
 
     def chunk_path(part: slice) -> Path | None:
         return None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
@@ -332,6 +334,7 @@ def run_column(
 
     for part in parts if shard is None else parts[shard[0]::shard[1]]:
         chunks.append(chunk(part))
+        done.append(part)
     if shard is not None:
         if shard[0] != 0:
             return []
@@ -344,8 +347,7 @@ def run_column(
                                 | {c["device"] for c in chunks}))
     rows = []
     for depth in sorted(depths):
-        scores = torch.cat([c["scores"][depth] for c in chunks])
-        accuracy = 100.0 * float(np.mean(scores.argmax(1).numpy() == test_labels))
+        accuracy = _accuracy(chunks, depth, test_labels)
         model = fitted["models"][depth]
         paper = PAPER[column.name].get(depth)
         rows.append({
@@ -357,6 +359,23 @@ def run_column(
             "condition": f"{model.condition_:.3g}",
         })
     return rows
+
+
+def _accuracy(chunks: Sequence[dict], depth: int, labels: np.ndarray) -> float:
+    """Percent of the chunks' test images (whose labels are ``labels``, in order) that
+    the model of ``depth`` classifies right."""
+    scores = torch.cat([c["scores"][depth] for c in chunks])
+    return 100.0 * float(np.mean(scores.argmax(1).numpy() == labels))
+
+
+def _preview(chunks: Sequence[dict], labels: np.ndarray, depths: Sequence[int]) -> str:
+    """What a stopped column's finished test chunks say so far (not its cells: a part of
+    the test images, which need not be typical)."""
+    if not chunks:
+        return ""
+    accuracies = " / ".join(f"{_accuracy(chunks, d, labels):.2f}" for d in sorted(depths))
+    return (f"; so far {accuracies} % at depths {' / '.join(map(str, sorted(depths)))} on "
+            f"{len(labels)} test images (a preview, not the cells)")
 
 
 def merge_rows(rows: Sequence[dict[str, object]],

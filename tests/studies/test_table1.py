@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -252,6 +253,13 @@ def test_a_time_limit_stops_between_chunks_and_the_same_command_continues(
     assert "run the same command again" in err
     test_chunks = tmp_path / "w" / "CNTK-V-2K" / "trained" / "test"
     assert [p.name for p in test_chunks.iterdir()] == ["scores_0000000.pt"]
+    # what the finished chunk says so far: its 2 test images' accuracy at each depth
+    preview = re.search(r"so far ([\d.]+) / ([\d.]+) % at depths 3 / 4 on 2 test images", err)
+    assert preview is not None, err
+    saved = torch.load(test_chunks / "scores_0000000.pt")["scores"]
+    labels = table1.standardized_images("jpeg", 6, 2)[3]
+    assert [float(a) for a in preview.groups()] == [
+        100 * float(np.mean(saved[d].argmax(1).numpy() == labels)) for d in (3, 4)]
     assert not (tmp_path / "o" / "table1.csv").exists()
     monkeypatch.setattr(table1, "_clock", lambda: 0)  # time stands still: no stop
     assert main(args) == 0
