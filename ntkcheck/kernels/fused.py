@@ -142,22 +142,21 @@ def _block(side: int) -> int:
 
 
 def _kernel_inputs(
-    rules: ConvSamePosition, x: torch.Tensor, activations: int, extended: bool, copies: int
+    x: torch.Tensor, stds: torch.Tensor, extended: bool, copies: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x', stds', scales) as ``triton_cntk.cntk_slices`` takes them: each image times the
-    power of two ``scales`` that puts its largest std (over positions and layers) in
-    [1/2, 1), and its stds likewise, computed in float64 and stored in float32 as
-    (copies, n, activations, R, S') planes, copy c shifted left by c columns, rows padded to
-    S' (a multiple of 4: TMA wants strides and window starts on 16 bytes).  With
-    ``extended``, every plane (and image) is repeated twice along both axes, R x S =
-    2P x 2Q; else R x S = P x Q.
+    """(x', stds', scales) as ``triton_cntk.cntk_slices`` takes them, from the images ``x``
+    and their float64 stds (n, activations, P, Q): each image times the power of two
+    ``scales`` that puts its largest std (over positions and layers) in [1/2, 1), and its
+    stds likewise, stored in float32 as (copies, n, activations, R, S') planes, copy c
+    shifted left by c columns, rows padded to S' (a multiple of 4: TMA wants strides and
+    window starts on 16 bytes).  With ``extended``, every plane (and image) is repeated
+    twice along both axes, R x S = 2P x 2Q; else R x S = P x Q.
 
     The kernels are bilinear in the two images, so the readouts of a pair come back
     divided by both scales, exactly (powers of two); in between, every field of the
     recursion stays below 2^16, as fp16 products need (its NNGP entries are within the
     product of two stds, Cauchy-Schwarz, and each NTK layer adds at most one NNGP's worth).
     A zero image keeps scale 1."""
-    stds = torch.stack(image_stds(rules, x.double(), activations), dim=1)
     _, exponent = torch.frexp(stds.amax(dim=(1, 2, 3)))  # largest = m 2^e, m in [1/2, 1)
     scales = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), -exponent)
     stds = (stds * scales[:, None, None, None]).to(torch.float32)
@@ -213,10 +212,14 @@ def launch_for(
     rules = ConvSamePosition(filter_size)  # its per-image rule serves both readouts
     deepest = max(depths)
     copies = 4 if tma and gap else 1  # a GAP slice shifts std2 by any number of columns
-    x1c, std1, scale1 = _kernel_inputs(rules, x1, deepest - 1, gap,
-                                       copies if x2 is None else 1)
+    # both sides' stds in one recursion (each image's are its own): its ~350 small torch
+    # operations launch once instead of twice
+    both = x1 if x2 is None else torch.cat([x1, x2])
+    stds = torch.stack(image_stds(rules, both.double(), deepest - 1), dim=1)
+    n1 = x1.shape[0]
+    x1c, std1, scale1 = _kernel_inputs(x1, stds[:n1], gap, copies if x2 is None else 1)
     zc, std2, scale2 = ((x1c, std1, scale1) if x2 is None
-                        else _kernel_inputs(rules, x2, deepest - 1, gap, copies))
+                        else _kernel_inputs(x2, stds[n1:], gap, copies))
     std_plane = std1.stride(2)
     channels, side_p, side_q = x1.shape[1:]
     if tma:
