@@ -323,7 +323,7 @@ def run_column(
             raise TimeLimitReached(
                 f"{column.name} stopped within its time limit: {len(chunks)} of {len(parts)}"
                 f" test chunks done, kept in {folder}"
-                + _preview(chunks, np.concatenate([test_labels[p] for p in done]), depths))
+                + _preview(chunks, done, test_labels, depths))
 
     def chunk_path(part: slice) -> Path | None:
         return None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
@@ -368,11 +368,13 @@ def _accuracy(chunks: Sequence[dict], depth: int, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(scores.argmax(1).numpy() == labels))
 
 
-def _preview(chunks: Sequence[dict], labels: np.ndarray, depths: Sequence[int]) -> str:
-    """What a stopped column's finished test chunks say so far (not its cells: a part of
-    the test images, which need not be typical)."""
+def _preview(chunks: Sequence[dict], parts: Sequence[slice], test_labels: np.ndarray,
+             depths: Sequence[int]) -> str:
+    """What a stopped column's finished test chunks (those of ``parts`` of the test images)
+    say so far: not its cells, a part of the test images, which need not be typical."""
     if not chunks:
         return ""
+    labels = np.concatenate([test_labels[p] for p in parts])
     accuracies = " / ".join(f"{_accuracy(chunks, d, labels):.2f}" for d in sorted(depths))
     return (f"; so far {accuracies} % at depths {' / '.join(map(str, sorted(depths)))} on "
             f"{len(labels)} test images (a preview, not the cells)")

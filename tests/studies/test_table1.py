@@ -267,6 +267,19 @@ def test_a_time_limit_stops_between_chunks_and_the_same_command_continues(
     assert len(read_csv(tmp_path / "o" / "table1.csv")) == 2
 
 
+def test_a_time_limit_passed_before_the_first_chunk_stops_with_none_done(
+        tmp_path, monkeypatch, capsys):
+    # the Gram matrix and the fit ran past the limit: no chunk is started, none to preview
+    chunks_of_two(monkeypatch)
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(table1, "_clock", lambda: next(clock))
+    args = [*TINY, "--columns", "CNTK-V-2K", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "o"), "--max-seconds", "50"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "0 of 3 test chunks done" in err and "so far" not in err
+
+
 @pytest.mark.parametrize("limit", [["--max-seconds", "10"], ["--max-seconds", "0", "--work", "w"]])
 def test_a_time_limit_needs_work_and_a_positive_value(tmp_path, capsys, limit):
     assert main([*TINY, "--columns", "CNTK-V-2K", "--out", str(tmp_path), *limit]) == 2
