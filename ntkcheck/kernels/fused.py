@@ -189,15 +189,20 @@ class Launch(NamedTuple):
         return (self.x1, self.x2, self.std1, self.std2, rows, cols, out, self.std_plane,
                 tiny, snap)
 
+    @property
+    def slices(self) -> int:
+        """Programs per pair: every displacement slice for GAP, the trace's alone else."""
+        o = self.options
+        return o["P"] * o["Q"] if o["EXTENDED"] else 1
+
     def run(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """One launch for the pairs (rows[i], cols[i]) (int32 image indices): each pair's
         readouts per slice, (pairs, slices, 2, DEEPEST + 1), still scaled."""
         from . import triton_cntk  # triton is optional
 
         o = self.options
-        slices = o["P"] * o["Q"] if o["EXTENDED"] else 1
-        out = torch.empty(rows.numel(), slices, 2, o["DEEPEST"] + 1, device=rows.device)
-        triton_cntk.cntk_slices[(rows.numel(), slices)](*self.args(rows, cols, out), **o)
+        out = torch.empty(rows.numel(), self.slices, 2, o["DEEPEST"] + 1, device=rows.device)
+        triton_cntk.cntk_slices[(rows.numel(), self.slices)](*self.args(rows, cols, out), **o)
         return out
 
 
@@ -299,7 +304,7 @@ def fused_kernels(
     z = x1 if x2 is None else x2
     deepest = max(depths)
     side_p, side_q = x1.shape[-2:]
-    slices = side_p * side_q if gap else 1
+    slices = launch.slices
     mean = float(side_p * side_q) ** 2 if gap else 1.0
     slot_bytes = slices * 2 * (deepest + 1) * 4
     pairs = max(1, min(PROGRAMS_PER_LAUNCH // slices, max_memory // slot_bytes))
