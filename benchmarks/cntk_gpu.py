@@ -99,8 +99,8 @@ def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: fl
 @contextlib.contextmanager
 def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=, std_loads=, loop_readouts=,
-    max_registers=); restored after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=, max_registers=); restored
+    after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -114,7 +114,7 @@ def variant(**options: int | str):
 def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
             "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS,
-            "loop_readouts": fused.LOOP_READOUTS, "max_registers": fused.MAX_REGISTERS}
+            "max_registers": fused.MAX_REGISTERS}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -289,10 +289,9 @@ def main() -> None:
         timed("torch", "gap", depth, x[:4], x[:16], "torch")
         timed("triton", "flatten", depth, x[:128], x[:128], "triton", variant=launch_options())
         timed("torch", "flatten", depth, x[:128], x[:128], "torch")
-    # all of Table 1's depths from one pass, against depth 21's alone above; read out in a
-    # branch, uncapped, as timed before (233 registers); and at 112 (9 programs an SM)
-    for options in ({}, {"loop_readouts": "branch", "max_registers": None},
-                    {"max_registers": 112}):
+    # all of Table 1's depths from one pass, against depth 21's alone above; and at 128
+    # registers (8 programs an SM against the default's 10)
+    for options in ({}, {"max_registers": 128}):
         with variant(**options):
             timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
                   variant=launch_options())
@@ -301,7 +300,8 @@ def main() -> None:
     for depth in (11, 21):  # and the kernel without them
         add(None, {"impl": "triton-kernel", "depth": depth}, kernel_only, x[:16], x[16:32],
             depth)
-    for options in ({"max_registers": 112}, {"max_registers": None}, {"std_loads": "pointers"},
+    for options in ({"max_registers": 128}, {"max_registers": 88}, {"max_registers": None},
+                    {"std_loads": "pointers"},
                     {"num_stages": 3}, {"precision": 2}, {"precision": 1}, {"precision": 0}):
         with variant(**options):
             timed("triton", "gap", 11, gap1, gap2, "triton", variant=launch_options())

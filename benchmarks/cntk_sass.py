@@ -12,7 +12,6 @@ to drive down.  A proxy, not a timing: benchmarks/cntk_gpu.py measures on a GPU.
 
     python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P]
                                    [--std-loads tma|pointers] [--depths 3,4,6,11,21]
-                                   [--loop-readouts "every layer"|branch]
                                    [--max-registers N] [--out FILE]
 
 adds (or replaces) the row NAME in benchmarks/results/cntk_sass.json (or FILE).  Run it
@@ -41,8 +40,8 @@ from ntkcheck.kernels import fused  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDE, CHANNELS = 32, 3
-LAYERS_PER_TURN = 2
-"""Layers in one turn of the kernel's layer loop (it alternates two layouts)."""
+LAYERS_PER_TURN = 1
+"""Layers in one turn of the kernel's layer loop."""
 UNITS = {
     "tensor": ("HMMA",),
     "shared": ("LDS", "STS", "LDSM", "STSM"),
@@ -131,7 +130,7 @@ def count(label: str, depths: tuple[int, ...], tma: bool) -> dict:
                    "depth": max(depths), "depths": list(depths), "num_warps": num_warps,
                    "num_stages": kernel.metadata.num_stages, "precision": fused.PRECISION,
                    "std_loads": "tma" if tma else "pointers",
-                   "loop_readouts": fused.LOOP_READOUTS, "max_registers": fused.MAX_REGISTERS},
+                   "max_registers": fused.MAX_REGISTERS},
         **resources(kernel),
         "shared_bytes": kernel.metadata.shared,
         "layers_per_loop_turn": LAYERS_PER_TURN,
@@ -150,14 +149,12 @@ def main() -> None:
                         help="how the std planes are read (fused.STD_LOADS; tma on sm_90)")
     parser.add_argument("--depths", default="11",
                         help="the depths read out in one pass, e.g. 3,4,6,11,21 (Table 1's)")
-    parser.add_argument("--loop-readouts", choices=("every layer", "branch"),
-                        default=fused.LOOP_READOUTS, help="fused.LOOP_READOUTS")
     parser.add_argument("--max-registers", type=int, default=fused.MAX_REGISTERS or 0,
                         help="fused.MAX_REGISTERS (0: the compiler's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cntk_sass.json")
     args = parser.parse_args()
     fused.NUM_WARPS, fused.PRECISION = args.num_warps, args.precision
-    fused.LOOP_READOUTS, fused.MAX_REGISTERS = args.loop_readouts, args.max_registers or None
+    fused.MAX_REGISTERS = args.max_registers or None
     depths = tuple(sorted(int(d) for d in args.depths.split(",")))
     row = count(args.label, depths, args.std_loads == "tma")
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []

@@ -31,31 +31,22 @@ instructions per entry and layer at 2 warps, 196 at 4 (dot operands replicated a
 warps); 1 spills.  The image sides are compile-time constants (a kernel per image size)."""
 
 NUM_STAGES = 2
-"""Software-pipelining depth of the layer loop: the std windows of the next loop turn (two
-layers) are fetched into shared memory during this one.  2 needs 20 KB of shared memory
-per program; Triton's default 3 needs 36 KB, which would cap an H100 SM at six programs
-where the 128 registers of the TMA path allow eight.  1 (no prefetch) stalls on every
-layer's loads."""
+"""Software-pipelining depth of the layer loop: the std windows of the next layer are
+fetched into shared memory during this one.  2 needs 12 KB of shared memory per program
+(sm_90, 32x32 GAP); an earlier kernel, whose loop ran two layers a turn, needed 20 KB at 2
+stages and 36 KB at Triton's default 3, and timed 33.7 against 36.0 us/pair (H200, depth
+11, 2 against 3).  1 (no prefetch) stalls on every layer's loads."""
 
-LOOP_READOUTS = "every layer"
-"""How the layer loop reads out the depths it passes (Table 1's 3, 4, 6 and 11 in a depth-21
-pass): "every layer" sums both fields at every layer of the loop and stores the requested
-sums; "branch" sums only at the requested layers, in a branch that Triton's software
-pipeliner moves past the next layer's products, keeping both fields of every layer alive:
-233 registers on sm_90 (Triton 3.6) instead of depth 21's 128, half as many programs per
-SM; on an H200 the five depths in one pass took 81.9 us/pair, depth 21 alone 60.4.
-Summing every layer adds ~14% of instructions to each loop layer
-(``benchmarks/cntk_sass.py --depths``).  A pass that reads out nothing inside the loop
-(depths 2 and the deepest alone) compiles the same either way."""
-
-MAX_REGISTERS: int | None = 128
-"""Registers per thread the TMA kernel may take (Triton's maxnreg; None: the compiler's
-choice).  128 holds eight 2-warp programs in an SM's 64K registers.  Left alone, Triton 3.6
-takes 128 for sm_90 for a single depth (the cap adds 0.7% to its loop's instructions),
-Triton 3.8 and 3.9 take 129 and 133, and 3.6 takes 141 for a pass that sums every layer:
-seven programs (at 128 it spills 8 bytes, outside the loop).  112 would hold nine, as many
-as shared memory allows, with ~1% more loop instructions and no spill inside the loop:
-untimed, a variant of the benchmark (``benchmarks/results/cntk_sass.json``)."""
+MAX_REGISTERS: int | None = 96
+"""Registers per thread the TMA kernel of the default fp16 split (``PRECISION`` 3) may take
+(Triton's maxnreg; None: the compiler's choice, which the other precisions always get: at
+96 the tf32 split would spill 4 values per entry and layer).  An SM's 64K registers hold
+ten 2-warp programs at 96, eight at 128 (the compiler's choice for one depth under Triton
+3.6 for sm_90), so the cap buys a quarter more warps to hide latencies with, for 1.3% more
+loop instructions and no spill inside the loop (depth 11 or 21 alone; a Table 1 pass
+reloads 2 values a layer from local memory).  Chosen from the machine code alone
+(``benchmarks/cntk_sass.py``); the benchmark times 128, 88 and the compiler's choice as
+variants."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
@@ -236,9 +227,8 @@ def launch_for(
         SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
         BP=_block(side_p), BQ=_block(side_q),
-        SUM_EVERY_LAYER=LOOP_READOUTS == "every layer" and any(2 < d < deepest for d in depths),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **({"maxnreg": MAX_REGISTERS} if tma and MAX_REGISTERS else {}),
+        **({"maxnreg": MAX_REGISTERS} if tma and PRECISION == 3 and MAX_REGISTERS else {}),
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
 

@@ -19,21 +19,24 @@ only within its range: the caller scales each image by a power of two so that it
 std is below 1 (``fused._kernel_inputs``), which keeps every field below 2^16 and puts
 fp16's absolute floor (2^-25) far below the entries that matter.
 
-Data movement is what limits this kernel, so each patch sum is arranged to move little:
-the field always enters a product as its left operand, where an mma accumulator already
-lies in the right registers (for tf32 once its columns are relabelled: ``_as_left``, with
-the band's rows permuted to match); the second product needs the transpose, one trip
-through shared memory, and returns the patch sum transposed.  So the layers alternate
-between fields laid out (i, j) and (j, i), with R and C swapping roles.
+Data movement is what limits this kernel, so each patch sum R X C is arranged to move
+little.  The first product X C takes the field as its left operand, where an mma
+accumulator already lies in the right registers (for tf32 once its columns are relabelled:
+``_as_left``, with the band's rows permuted to match).  The second, R (X C), takes the band
+on the left, held in registers across all layers, and the field on the right: that operand
+is the one trip through shared memory, and the result comes out in the field's own (i, j)
+layout.  So every layer runs the same code: the layer loop's body is one layer (~750
+instructions on sm_90), and it needs 96 registers with no spill, against 1,480 instructions
+and 128 registers for an earlier arrangement that returned each patch sum transposed and
+alternated between (i, j) and (j, i) layers.
 
 Per-image stds sqrt(Sigma^(h)(x, x)) come in from the torch reference (``image_stds``).
 For GAP they and the images come as planes repeated twice along each axis, so that a
 slice's partner positions (i + ki) mod P, (j + kj) mod Q sit one fixed shift away.  Each
 layer reads its two std windows either by TMA (tensor descriptors, sm_90: one copy into
-shared memory per window, read in either layout; a window must start on 16 bytes, so std2
-comes in four copies shifted by 0..3 columns) or through per-entry pointers, for which the
-compiler rebuilds a 64-bit address per entry and layer (4 more instructions per entry and
-layer, 39 more registers).
+shared memory per window; a window must start on 16 bytes, so std2 comes in four copies
+shifted by 0..3 columns) or through per-entry pointers (asynchronous copies, and 40 more
+registers).
 """
 
 from __future__ import annotations
@@ -78,11 +81,13 @@ def relu_angle(rho):
 
 
 @triton.jit
-def _band(k, n, RADIUS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
-    """(BLOCK, BLOCK) 0/1 matrix of one axis' patch sum on a slice packed with shift k, its
-    rows in the order in which ``_as_left`` puts the columns of a field."""
+def _band(k, n, RADIUS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+          RIGHT: tl.constexpr):
+    """(BLOCK, BLOCK) 0/1 matrix of one axis' patch sum on a slice packed with shift k; as
+    the RIGHT operand of a field, its rows in the order in which ``_as_left`` puts the
+    field's columns."""
     r1 = tl.arange(0, BLOCK)[:, None]
-    if PRECISION != 3:
+    if PRECISION != 3 and RIGHT:
         r1 = (r1 // 8) * 8 + (r1 % 4) * 2 + (r1 % 8) // 4
     r2 = tl.arange(0, BLOCK)[None, :]
     near = (r1 - r2 <= RADIUS) & (r2 - r1 <= RADIUS) & (r1 < n) & (r2 < n)
@@ -118,40 +123,50 @@ def _split(x):
 
 
 @triton.jit
-def _dot(x, band, PRECISION: tl.constexpr):
-    """x @ band in float32 for an exact 0/1 band (see the module docstring)."""
-    if PRECISION == 0:
-        return tl.dot(x, band, input_precision="ieee")
-    elif PRECISION == 1:
-        return tl.dot(x, band, input_precision="tf32")
-    elif PRECISION == 2:
-        hi, lo = _split(x)
-        return tl.dot(lo, band, tl.dot(hi, band, input_precision="tf32"), input_precision="tf32")
+def _mma(x, band, acc, BAND_LEFT: tl.constexpr, PRECISION: tl.constexpr):
+    """x @ band, or band @ x if BAND_LEFT, plus acc (None: nothing), on the tensor cores (on
+    the CUDA cores for PRECISION 0)."""
+    if BAND_LEFT:
+        left, right = band, x
     else:
-        hi, lo = _split(x)
-        return tl.dot(lo.to(tl.float16), band, tl.dot(hi.to(tl.float16), band))
+        left, right = x, band
+    if PRECISION == 0:
+        return tl.dot(left, right, acc, input_precision="ieee")
+    elif PRECISION == 3:
+        return tl.dot(left, right, acc)
+    else:
+        return tl.dot(left, right, acc, input_precision="tf32")
 
 
 @triton.jit
-def _patch_sum_transposed(x, cols, rows, PRECISION: tl.constexpr):
-    """(rows @ x @ cols)^T for symmetric bands (``_band``).  The first product takes the
-    accumulator x as it lies; the second needs its transpose, the one trip through shared
-    memory; returning the result transposed saves the trip back."""
-    y = _dot(_as_left(x, PRECISION), cols, PRECISION)
-    return _dot(_as_left(tl.trans(y), PRECISION), rows, PRECISION)
+def _times_band(x, band, BAND_LEFT: tl.constexpr, PRECISION: tl.constexpr):
+    """x @ band, or band @ x if BAND_LEFT, in float32 for an exact 0/1 band (see the module
+    docstring: x = hi + lo for PRECISION 2 and 3)."""
+    if PRECISION < 2:
+        return _mma(x, band, None, BAND_LEFT, PRECISION)
+    else:
+        hi, lo = _split(x)
+        if PRECISION == 3:
+            hi, lo = hi.to(tl.float16), lo.to(tl.float16)
+        return _mma(lo, band, _mma(hi, band, None, BAND_LEFT, PRECISION), BAND_LEFT, PRECISION)
+
+
+@triton.jit
+def _patch_sum(x, rows, cols, PRECISION: tl.constexpr):
+    """rows @ x @ cols for symmetric bands (``_band``; cols as a RIGHT operand), in x's
+    layout.  The first product takes the accumulator x as it lies; the second holds the
+    band on the left and takes its right operand through shared memory."""
+    return _times_band(_times_band(_as_left(x, PRECISION), cols, False, PRECISION), rows,
+                       True, PRECISION)
 
 
 @triton.jit
 def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-                ROW: tl.constexpr, FLIPPED: tl.constexpr):
-    """The (i, j) plane at ptr (row length ROW) as a field, zero outside the image: a
-    (BP, BQ) tensor, or a (BQ, BP) one (j, i) if FLIPPED."""
-    if FLIPPED:
-        j = tl.arange(0, BQ)[:, None]
-        i = tl.arange(0, BP)[None, :]
-    else:
-        i = tl.arange(0, BP)[:, None]
-        j = tl.arange(0, BQ)[None, :]
+                ROW: tl.constexpr):
+    """The (i, j) plane at ptr (row length ROW) as a (BP, BQ) field, zero outside the
+    image."""
+    i = tl.arange(0, BP)[:, None]
+    j = tl.arange(0, BQ)[None, :]
     if BP == P and BQ == Q:
         return tl.load(ptr + i * ROW + j)
     else:
@@ -160,7 +175,7 @@ def _load_field(ptr, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.
 
 @triton.jit
 def _load_std(at, layer, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
-              BQ: tl.constexpr, ROW: tl.constexpr, FLIPPED: tl.constexpr, TMA: tl.constexpr):
+              BQ: tl.constexpr, ROW: tl.constexpr, TMA: tl.constexpr):
     """One image's std field of one layer at a slice's positions, as ``_load_field``.  TMA:
     at = (descriptor, copy, image, row, col), one tensor-memory-access copy of the window
     into shared memory (no per-entry addresses); else at = (layer-0 pointer, layer stride)."""
@@ -171,13 +186,10 @@ def _load_std(at, layer, P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr,
             i = tl.arange(0, BP)[:, None]
             j = tl.arange(0, BQ)[None, :]
             v = tl.where((i < P) & (j < Q), v, 0.0)
-        if FLIPPED:
-            return tl.trans(v)
-        else:
-            return v
+        return v
     else:
         ptr, stride = at
-        return _load_field(ptr + layer * stride, P, Q, BP, BQ, ROW, FLIPPED)
+        return _load_field(ptr + layer * stride, P, Q, BP, BQ, ROW)
 
 
 @triton.jit
@@ -199,16 +211,15 @@ def _std_windows(std1, std2, a, b, ki, kj, plane, LAYERS: tl.constexpr, ROW: tl.
 def _activation(
     sigma, theta, h, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
-    FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
-    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
-    SUM_EVERY_LAYER: tl.constexpr,
+    SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
+    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr, READ_OUT: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
-    storing the readouts of depth h + 1 if it is requested (``_read_out``).  at1 / at2
+    storing the readouts of depth h + 1 if READ_OUT (``_read_out``).  at1 / at2
     locate the two images' std windows (``_load_std``; at2 at the slice's partner
     positions), ROW is their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
-    s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
-    s2 = _load_std(at2, h - 1, P, Q, BP, BQ, ROW, FLIPPED, TMA)
+    s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, TMA)
+    s2 = _load_std(at2, h - 1, P, Q, BP, BQ, ROW, TMA)
     norm = s1 * s2
     # one approximate reciprocal square root instead of a full-range division: the caller
     # keeps every std below 1, so norm^2 cannot overflow
@@ -223,46 +234,52 @@ def _activation(
     sine = tl.sqrt(w * ((SCALE / (2 * _PI)) ** 2 * (1.0 + tl.abs(rho))))
     k = (sine + kdot * rho) * norm  # K^(h) = scale norm (sin theta + theta rho) / (2 pi)
     propagated = kdot * theta
-    wanted = (DEPTH_MASK >> (h + 1)) & 1
-    if SUM_EVERY_LAYER:
-        _read_out(out, h, k, propagated, wanted != 0, DEEPEST, FIX_FIRST_LAST)
-    elif wanted:
-        _read_out(out, h, k, propagated, True, DEEPEST, FIX_FIRST_LAST)
+    if READ_OUT:
+        _read_out(out, h, k, propagated, DEEPEST, FIX_FIRST_LAST)
     return k, propagated
 
 
 @triton.jit
-def _read_out(out, h, k, propagated, wanted, DEEPEST: tl.constexpr,
-              FIX_FIRST_LAST: tl.constexpr):
-    """Store (where ``wanted``) the slice's sums of the NTK and NNGP fields whose readouts
-    give depth h + 1.  Inside the layer loop, where h is a run-time value, the caller
-    either sums every layer and stores the wanted sums (SUM_EVERY_LAYER), or sums in a
-    branch taken at the wanted layers only; Triton's software pipeliner moves such a
-    branch to the end of the loop turn, past the next layer's products, which keeps both
-    fields of the first layer alive: 233 registers on sm_90 instead of 128, half as many
-    programs per SM (``fused.LOOP_READOUTS``)."""
+def _read_out(out, h, k, propagated, DEEPEST: tl.constexpr, FIX_FIRST_LAST: tl.constexpr):
+    """Store the slice's sums of the NTK and NNGP fields whose readouts give depth h + 1."""
     if FIX_FIRST_LAST:
         top = propagated
     else:
         top = propagated + k
-    tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0), mask=wanted)
-    tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0), mask=wanted)
+    tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0))
+    tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0))
 
 
 @triton.jit
 def _layer(
-    sigma, theta, h, first, second, at1, at2, snap_at, tiny, out,
+    sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
-    FLIPPED: tl.constexpr, SIGNED: tl.constexpr, SCALE: tl.constexpr,
-    PRECISION: tl.constexpr, DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr, SUM_EVERY_LAYER: tl.constexpr,
+    SIGNED: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
+    DEEPEST: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    READ_OUT: tl.constexpr,
 ):
-    """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)) transposed."""
+    """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)), reading out depth
+    h + 1 if READ_OUT (then h must be known when the kernel compiles)."""
     k, propagated = _activation(
         sigma, theta, h, at1, at2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
-        FLIPPED, SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
-    return (_patch_sum_transposed(k, first, second, PRECISION),
-            _patch_sum_transposed(propagated + k, first, second, PRECISION))
+        SIGNED, SCALE, DEEPEST, FIX_FIRST_LAST, TMA, READ_OUT)
+    return (_patch_sum(k, rows, cols, PRECISION),
+            _patch_sum(propagated + k, rows, cols, PRECISION))
+
+
+@triton.jit
+def _plain_layers(
+    sigma, theta, start, stop, rows, cols, at1, at2, snap_at, tiny,
+    P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
+    SCALE: tl.constexpr, PRECISION: tl.constexpr, DEEPEST: tl.constexpr,
+    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+):
+    """Layers start .. stop - 1 (>= 2: rho >= 0), none of them read out, in a loop."""
+    for h in range(start, stop):
+        sigma, theta = _layer(
+            sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, None,
+            P, Q, BP, BQ, ROW, False, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA, False)
+    return sigma, theta
 
 
 @triton.jit
@@ -273,7 +290,6 @@ def cntk_slices(
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-    SUM_EVERY_LAYER: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
@@ -284,8 +300,7 @@ def cntk_slices(
     or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so that a slice's
     partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj, one fixed shift
     away (needed unless the only slice is ki = kj = 0).  rows / cols: the pair's image
-    indices; grid (pairs, slices).  SUM_EVERY_LAYER: the layer loop sums both fields at
-    every layer, storing the requested sums, instead of in a branch (``_read_out``).
+    indices; grid (pairs, slices).
     """
     pair = tl.program_id(0)
     sl = tl.program_id(1)
@@ -297,21 +312,18 @@ def cntk_slices(
     S: tl.constexpr = 2 * Q if EXTENDED else Q
     plane = R * S
     shift = ki * S + kj
-    # Each patch sum returns its field transposed, so layers alternate between a natural
-    # (i, j) and a flipped (j, i) layout, with the bands of the two axes swapping roles.
-    rows = _band(ki, P, RADIUS, BP, PRECISION)
-    cols = _band(kj, Q, RADIUS, BQ, PRECISION)
+    rows = _band(ki, P, RADIUS, BP, PRECISION, False)
+    cols = _band(kj, Q, RADIUS, BQ, PRECISION, True)
 
-    # Sigma^(0): patch sum of sum_c x_c(i, j) z_c(i', j'), summed flipped so that it comes
-    # out natural; Theta^(0) = Sigma^(0) or 0.
-    raw = tl.zeros((BQ, BP), tl.float32)
+    # Sigma^(0): patch sum of sum_c x_c(i, j) z_c(i', j'); Theta^(0) = Sigma^(0) or 0.
+    raw = tl.zeros((BP, BQ), tl.float32)
     image1 = x1_ptr + a.to(tl.int64) * CHANNELS * plane
     image2 = x2_ptr + b.to(tl.int64) * CHANNELS * plane + shift
     for c in tl.static_range(CHANNELS):
-        u = _load_field(image1 + c * plane, P, Q, BP, BQ, S, True)
-        v = _load_field(image2 + c * plane, P, Q, BP, BQ, S, True)
+        u = _load_field(image1 + c * plane, P, Q, BP, BQ, S)
+        v = _load_field(image2 + c * plane, P, Q, BP, BQ, S)
         raw += u * v
-    sigma = _patch_sum_transposed(raw, rows, cols, PRECISION)
+    sigma = _patch_sum(raw, rows, cols, PRECISION)
     if FIX_FIRST_LAST:
         theta = tl.zeros((BP, BQ), tl.float32)
     else:
@@ -325,39 +337,35 @@ def cntk_slices(
     SP: tl.constexpr = (S + 3) // 4 * 4  # std rows are padded to 16 bytes
     at1, at2 = _std_windows(std1, std2, a, b, ki, kj, std_plane, DEEPEST - 1, SP, TMA)
     out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
-    # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum that transposes:
-    # layer h finds natural fields for odd h, flipped ones for even h.  Only layer 1 can
-    # meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is the only SIGNED one, outside the
-    # loop, which then takes two layers per iteration and carries flipped fields.
-    if DEEPEST == 2:
-        _activation(sigma, theta, 1, at1, at2, snap_at, tiny, out,
-                    P, Q, BP, BQ, SP, False, True, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA,
-                    False)
-    else:
+    # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum; layer h reads out
+    # depth h + 1.  Only layer 1 can meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is
+    # the only SIGNED one.  A layer whose depth is requested runs on its own, unrolled, with
+    # h known when the kernel compiles; the layers between two of them run in a loop that
+    # reads out nothing, so every loop's body is one plain layer.  (A readout inside a loop
+    # would be a branch on the run-time h, which Triton's software pipeliner moves past the
+    # next layer's products, keeping two layers' fields alive: 233 registers against 128
+    # for the Table 1 pass of an earlier version; or a sum at every layer, 14% more work.)
+    if DEEPEST > 2:
         sigma, theta = _layer(
-            sigma, theta, 1, cols, rows, at1, at2, snap_at, tiny, out,
-            P, Q, BP, BQ, SP, False, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-            FIX_FIRST_LAST, TMA, False)
-        # h is a run-time value in the loop only: outside it, a readout is decided when the
-        # kernel compiles
-        for h in range(2, DEEPEST - 2, 2):
-            sigma_n, theta_n = _layer(
-                sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
-                P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
-                FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
-            sigma, theta = _layer(
-                sigma_n, theta_n, h + 1, cols, rows, at1, at2, snap_at,
-                tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST, TMA, SUM_EVERY_LAYER)
-        if DEEPEST % 2 == 1:  # the last layer is even: flipped fields
-            _activation(sigma, theta, DEEPEST - 1, at1, at2, snap_at, tiny,
-                        out, P, Q, BP, BQ, SP, True, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST, TMA, False)
-        else:  # one more patch-summing layer, then the last one on natural fields
-            sigma_n, theta_n = _layer(
-                sigma, theta, DEEPEST - 2, rows, cols, at1, at2, snap_at,
-                tiny, out, P, Q, BP, BQ, SP, True, False, SCALE, PRECISION, DEEPEST,
-                DEPTH_MASK, FIX_FIRST_LAST, TMA, False)
-            _activation(sigma_n, theta_n, DEEPEST - 1, at1, at2, snap_at,
-                        tiny, out, P, Q, BP, BQ, SP, False, False, SCALE, DEEPEST, DEPTH_MASK,
-                        FIX_FIRST_LAST, TMA, False)
+            sigma, theta, 1, rows, cols, at1, at2, snap_at, tiny, out,
+            P, Q, BP, BQ, SP, True, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA,
+            (DEPTH_MASK >> 2) & 1)
+        # the layers run so far; annotated at every assignment, because the interpreter
+        # turns the value of a plain one into a tensor, and a loop bound must stay an int,
+        # as it is when the kernel compiles
+        done: int = 1
+        for d in tl.static_range(3, DEEPEST):
+            if (DEPTH_MASK >> d) & 1:
+                sigma, theta = _plain_layers(
+                    sigma, theta, done + 1, d - 1, rows, cols, at1, at2, snap_at, tiny,
+                    P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA)
+                sigma, theta = _layer(
+                    sigma, theta, d - 1, rows, cols, at1, at2, snap_at, tiny, out,
+                    P, Q, BP, BQ, SP, False, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA,
+                    True)
+                done: int = d - 1  # type: ignore[no-redef]
+        sigma, theta = _plain_layers(
+            sigma, theta, done + 1, DEEPEST - 1, rows, cols, at1, at2, snap_at, tiny,
+            P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA)
+    _activation(sigma, theta, DEEPEST - 1, at1, at2, snap_at, tiny, out,
+                P, Q, BP, BQ, SP, DEEPEST == 2, SCALE, DEEPEST, FIX_FIRST_LAST, TMA, True)

@@ -80,21 +80,19 @@ def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size,
     assert_close(got, want)
 
 
-@pytest.mark.parametrize("loop_readouts", ["every layer", "branch"])
 @pytest.mark.parametrize("precision", [2, 3], ids=["tf32", "fp16"])
-@pytest.mark.parametrize("deepest", [6, 7])
-def test_every_depth_read_out_in_both_layouts(deepest, precision, loop_readouts, monkeypatch):
-    # the kernel's layers alternate between (i, j) and (j, i) layouts, two per loop turn,
-    # with a different tail for an odd and an even number of layers; a 4 x 5 image tells
-    # the two layouts apart.  tf32 operands also relabel the field's columns (_as_left).
-    # The loop's readouts are summed at every layer or in a branch (LOOP_READOUTS).
+@pytest.mark.parametrize("depths", [(2, 3, 4, 5, 6, 7), (3, 7), (2, 5, 7), (7,)],
+                         ids=["every", "3,7", "2,5,7", "7"])
+def test_every_set_of_depths_read_out(depths, precision, monkeypatch):
+    # a requested depth's layer runs unrolled, the layers between two of them in a loop:
+    # every depth (no loop), loops after, between and before the readouts.  A 4 x 5 image
+    # tells the row band from the column band; tf32 operands also relabel the field's
+    # columns (_as_left).
     monkeypatch.setattr(fused, "PRECISION", precision)
-    monkeypatch.setattr(fused, "LOOP_READOUTS", loop_readouts)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
     z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
-    arch = nc.CNN(depth=deepest, pooling="gap")
-    depths = range(2, deepest + 1)
+    arch = nc.CNN(depth=max(depths), pooling="gap")
     assert_close(both(arch, x.float().to(DEVICE), z.float().to(DEVICE), depths),
                  both(arch, x, z, depths, backend="torch"))
 

@@ -44,11 +44,8 @@ SCRIPT = textwrap.dedent('''
 
 REGISTERS = textwrap.dedent('''
     import json
-    import sys
     from benchmarks import cntk_sass
-    from ntkcheck.kernels import fused
 
-    fused.LOOP_READOUTS, fused.MAX_REGISTERS = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps({str(depths): cntk_sass.count("", depths, tma=True)
                       for depths in [(21,), (3, 4, 6, 11, 21)]}))
 ''')
@@ -77,20 +74,21 @@ def test_compiles_for_sm90_with_tma_and_sm80_with_pointers(tmp_path):
     assert list(tmp_path.rglob("*.cubin")), "nothing was compiled"
 
 
-@pytest.mark.parametrize("loop_readouts", ["every layer", "branch"])
-def test_table1_depths_in_one_pass_take_no_more_registers(loop_readouts, tmp_path):
-    # Reading out depths 3, 4, 6 and 11 inside the layer loop of a depth-21 pass must not
-    # cost registers (programs per SM), nor may the register cap (fused.MAX_REGISTERS) spill
-    # inside the loop.  In a branch, the pipeliner keeps every layer's fields alive to the
-    # loop turn's end: 233 registers against 128 under Triton 3.6.
-    from ntkcheck.kernels import fused
+def test_table1_depths_in_one_pass_cost_the_loop_nothing(tmp_path):
+    # Reading out depths 3, 4, 6 and 11 in a depth-21 pass must not cost its layer loops
+    # registers (programs per SM) or instructions: those layers run unrolled, outside the
+    # loops.  An earlier kernel read them out in a branch inside the loop, which Triton's
+    # pipeliner turned into 233 registers against 128, and then summed every layer, 14%
+    # more instructions.  Nor may the register cap (fused.MAX_REGISTERS) spill in the loop
+    # of depth 21 alone; the Table 1 pass may reload a value or two per layer.
+    found = compile_for_gpus(REGISTERS, tmp_path)
+    alone, table1 = found["(21,)"], found["(3, 4, 6, 11, 21)"]
+    assert table1["registers"] <= alone["registers"], (alone, table1)
+    per_layer = [row["instructions_per_entry_layer"] for row in (alone, table1)]
+    assert per_layer[1] <= 1.03 * per_layer[0], per_layer
 
-    cap = fused.MAX_REGISTERS if loop_readouts == "every layer" else None  # branch: uncapped
-    found = compile_for_gpus(REGISTERS, tmp_path, loop_readouts, json.dumps(cap))
-    alone, table1 = (found[k]["registers"] for k in ("(21,)", "(3, 4, 6, 11, 21)"))
-    if loop_readouts == "every layer":
-        assert table1 <= alone, (alone, table1)
-        for row in found.values():  # the register cap spills nothing inside the loop
-            assert not {"LDL", "STL"} & set(row["opcodes_per_entry_layer"]), row
-    else:  # what the default guards against, seen (the kernel timed at 81.9 us/pair)
-        assert table1 > alone + 64, (alone, table1)
+    def local(row):
+        return sum(row["opcodes_per_entry_layer"].get(op, 0) for op in ("LDL", "STL"))
+
+    assert local(alone) == 0, alone
+    assert local(table1) <= 0.01 * table1["instructions_per_entry_layer"], table1
