@@ -11,7 +11,7 @@ two calls of this script, the second on the warm machine as soon as the first re
     python3 benchmarks/gpu_session.py run --out $OUT --seconds 570 --steps pytest,gap2k
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
-    python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps gap2k,bench
+    python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps bench,profile,gap2k
     python benchmarks/gpu_session.py unpack DIR       # here: the GAP-2K work that came back
 
 ``run`` takes the named steps in the order named.  Each gets what is left of ``--seconds``
