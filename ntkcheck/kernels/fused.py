@@ -38,15 +38,16 @@ stages and 36 KB at Triton's default 3, and timed 33.7 against 36.0 us/pair (H20
 11, 2 against 3).  1 (no prefetch) stalls on every layer's loads."""
 
 MAX_REGISTERS: int | None = 96
-"""Registers per thread the TMA kernel of the default fp16 split (``PRECISION`` 3) may take
+"""Registers per thread the kernel of the default fp16 split (``PRECISION`` 3) may take
 (Triton's maxnreg; None: the compiler's choice, which the other precisions always get: at
 96 the tf32 split would spill 4 values per entry and layer).  An SM's 64K registers hold
 ten 2-warp programs at 96, eight at 128 (the compiler's choice for one depth under Triton
-3.6 for sm_90), so the cap buys a quarter more warps to hide latencies with, for 1.3% more
-loop instructions and no spill inside the loop (depth 11 or 21 alone; a Table 1 pass
-reloads 2 values a layer from local memory).  Chosen from the machine code alone
-(``benchmarks/cntk_sass.py``); the benchmark times 128, 88 and the compiler's choice as
-variants."""
+3.6 for sm_90, with the stds by TMA; 136 through pointers), so the cap buys a quarter more
+warps to hide latencies with, for 1.3% more loop instructions and no spill inside the loop
+(depth 11 or 21 alone, TMA; a Table 1 pass, or pointers on sm_90, reload 2 values a layer
+from local memory; pointers on sm_80 spill nothing in the loop, for 4% more instructions).
+Chosen from the machine code alone (``benchmarks/cntk_sass.py``); the benchmark times 128,
+88 and the compiler's choice as variants."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
@@ -228,7 +229,7 @@ def launch_for(
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
         BP=_block(side_p), BQ=_block(side_q),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **({"maxnreg": MAX_REGISTERS} if tma and PRECISION == 3 and MAX_REGISTERS else {}),
+        **({"maxnreg": MAX_REGISTERS} if PRECISION == 3 and MAX_REGISTERS else {}),
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
 
