@@ -38,14 +38,17 @@ stages and 36 KB at Triton's default 3, and timed 33.7 against 36.0 us/pair (H20
 11, 2 against 3).  1 (no prefetch) stalls on every layer's loads."""
 
 MAX_REGISTERS: int | None = 96
-"""Registers per thread the kernel of the default fp16 split (``PRECISION`` 3) may take
-(Triton's maxnreg; None: the compiler's choice, which the other precisions always get: at
-96 the tf32 split would spill 4 values per entry and layer).  An SM's 64K registers hold
-ten 2-warp programs at 96, eight at 128 (the compiler's choice for one depth under Triton
-3.6 for sm_90, with the stds by TMA; 136 through pointers), so the cap buys a quarter more
-warps to hide latencies with, for 1.3% more loop instructions and no spill inside the loop
-(depth 11 or 21 alone, TMA; a Table 1 pass, or pointers on sm_90, reload 2 values a layer
-from local memory; pointers on sm_80 spill nothing in the loop, for 4% more instructions).
+"""Registers per thread the kernel of the default fp16 split (``PRECISION`` 3) may take on
+images of up to 32x32 (Triton's maxnreg; None: the compiler's choice, which the other
+precisions always get, as do larger images, whose slices hold up to four times as many
+entries per thread: capped at 96, 64x64 would make 1,789 local-memory loads a layer,
+against 346).  An
+SM's 64K registers hold ten 2-warp programs at 96, eight at 128 (the compiler's choice for
+one depth under Triton 3.6 for sm_90, with the stds by TMA; 136 through pointers), so the
+cap buys a quarter more warps to hide latencies with, for 1.3% more loop instructions and
+no spill inside the loop (depth 11 or 21 alone, TMA; a Table 1 pass, or pointers on sm_90,
+reload 2 values a layer from local memory; pointers on sm_80 spill nothing in the loop,
+for 4% more instructions).  At 96 the tf32 split would spill 4 values per entry and layer.
 Chosen from the machine code alone (``benchmarks/cntk_sass.py``); the benchmark times 128,
 88 and the compiler's choice as variants."""
 
@@ -131,6 +134,12 @@ def _use_tma(device: torch.device) -> bool:
 
 def _block(side: int) -> int:
     return max(16, 1 << (side - 1).bit_length())
+
+
+def _capped(side_p: int, side_q: int) -> bool:
+    """Whether ``MAX_REGISTERS`` applies to images of this size (see there)."""
+    return PRECISION == 3 and MAX_REGISTERS is not None and \
+        _block(side_p) * _block(side_q) <= 32 * 32
 
 
 def _kernel_inputs(
@@ -229,7 +238,7 @@ def launch_for(
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
         BP=_block(side_p), BQ=_block(side_q),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        **({"maxnreg": MAX_REGISTERS} if PRECISION == 3 and MAX_REGISTERS else {}),
+        **({"maxnreg": MAX_REGISTERS} if _capped(side_p, side_q) else {}),
     )
     return Launch(x1c, zc, std1, std2, std_plane, scale1, scale2, options)
 

@@ -97,6 +97,20 @@ def test_every_set_of_depths_read_out(depths, precision, monkeypatch):
                  both(arch, x, z, depths, backend="torch"))
 
 
+def test_register_cap_only_where_it_was_chosen(monkeypatch):
+    # MAX_REGISTERS was chosen for fp16 products on slices of up to 32 x 32; at 64 x 64 or
+    # with the tf32 split the compiler's own choice spills far less
+    def cap(side, precision=3):
+        monkeypatch.setattr(fused, "PRECISION", precision)
+        x = torch.randn(2, 1, side, side)
+        launch = fused.launch_for(x, None, frozenset((3,)), filter_size=3, gap=False,
+                                  fix_first_last=False, tma=False)
+        return launch.options.get("maxnreg")
+
+    assert cap(32) == cap(9) == fused.MAX_REGISTERS == 96
+    assert cap(33) is cap(64) is cap(32, precision=2) is None
+
+
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
 def test_one_convolution_alone(pooling):
     # depth 2 (one convolution, then the readout): the kernel's own branch, no layer loop
