@@ -81,7 +81,23 @@ def row(impl: str, pooling: str, depth: int, x1, x2, backend: str,
     arch = arch_for(pooling, depth)
     arch.ntk(x1[:1], x2[:2], depths=depths, backend=backend)  # compile / warm up
     s = seconds(lambda: arch.ntk(x1, x2, depths=depths, backend=backend))
+    if backend == "triton":
+        # a failure here must not cost the row its timing
+        extra["machine_code"] = guarded({}, machine_code, arch, x1, x2, depths or (depth,))
     return record(impl, pooling, depth, len(x1) * len(x2), s, x1.dtype, depths, **extra)
+
+
+def machine_code(arch: nc.CNN, x1: torch.Tensor, x2: torch.Tensor,
+                 depths: tuple[int, ...]) -> dict[str, int]:
+    """Registers per thread and local memory (4-byte words, Triton's "n_spills") of the
+    fused kernel as this GPU's Triton compiled it for the case (cntk_sass.py counts machine
+    code on a CPU, perhaps under another Triton)."""
+    launch = fused.launch_for(x1[:1], x2[:1], frozenset(depths), filter_size=arch.filter_size,
+                              gap=arch.pooling == "gap", fix_first_last=arch.fix_first_last,
+                              tma=fused._use_tma(x1.device))
+    kernel = fused.compiled(launch)
+    kernel._init_handles()  # loads the binary, which reports both
+    return {"registers": kernel.n_regs, "local_words": kernel.n_spills}
 
 
 def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: float,
