@@ -49,8 +49,11 @@ cap buys a quarter more warps to hide latencies with, for 1.3% more loop instruc
 no spill inside the loop (depth 11 or 21 alone, TMA; a Table 1 pass, or pointers on sm_90,
 reload 2 values a layer from local memory; pointers on sm_80 spill nothing in the loop,
 for 4% more instructions).  At 96 the tf32 split would spill 4 values per entry and layer.
-Chosen from the machine code alone (``benchmarks/cntk_sass.py``); the benchmark times 128,
-88 and the compiler's choice as variants."""
+Chosen from the machine code alone (``benchmarks/cntk_sass.py``) under Triton 3.6, what the
+H200 runs had; 3.5, 3.7 and 3.8 spill nothing in the loop at 96 either, 3.4 and 3.9 do (1.1
+and 0.8 local loads per entry and layer; 3.9 spills at any cap below its own choice of
+130).  The benchmark times 128, 88 and the compiler's choice as variants, and records the
+registers and local memory of what it timed."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
