@@ -52,8 +52,8 @@ for 4% more instructions).  At 96 the tf32 split would spill 4 values per entry 
 Chosen from the machine code alone (``benchmarks/cntk_sass.py``) under Triton 3.6, what the
 H200 runs had; 3.5, 3.7 and 3.8 spill nothing in the loop at 96 either, 3.4 and 3.9 do (1.1
 and 0.8 local loads per entry and layer; 3.9 spills at any cap below its own choice of
-130).  The benchmark times 128, 88 and the compiler's choice as variants, and records the
-registers and local memory of what it timed."""
+130).  The benchmark times 128, 112, 88 and the compiler's choice as variants, and records
+the registers and local memory of what it timed."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,
