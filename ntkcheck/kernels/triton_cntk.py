@@ -26,17 +26,16 @@ accumulator already lies in the right registers (for tf32 once its columns are r
 on the left, held in registers across all layers, and the field on the right: that operand
 is the one trip through shared memory, and the result comes out in the field's own (i, j)
 layout.  So every layer runs the same code: the layer loop's body is one layer (~750
-instructions on sm_90), and it needs 96 registers with no spill, against 1,480 instructions
-and 128 registers for an earlier arrangement that returned each patch sum transposed and
-alternated between (i, j) and (j, i) layers.
+instructions on sm_90), which fits in 96 registers with no spill in the loop, against 1,480
+instructions and 128 registers for an earlier arrangement that returned each patch sum
+transposed and alternated between (i, j) and (j, i) layers.
 
 Per-image stds sqrt(Sigma^(h)(x, x)) come in from the torch reference (``image_stds``).
 For GAP they and the images come as planes repeated twice along each axis, so that a
 slice's partner positions (i + ki) mod P, (j + kj) mod Q sit one fixed shift away.  Each
 layer reads its two std windows either by TMA (tensor descriptors, sm_90: one copy into
 shared memory per window; a window must start on 16 bytes, so std2 comes in four copies
-shifted by 0..3 columns) or through per-entry pointers (asynchronous copies, and 40 more
-registers).
+shifted by 0..3 columns) or through per-entry pointers (asynchronous copies).
 """
 
 from __future__ import annotations
