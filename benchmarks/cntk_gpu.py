@@ -115,8 +115,8 @@ def record(impl: str, pooling: str, depth: int, pairs: int, seconds_per_call: fl
 @contextlib.contextmanager
 def variant(**options: int | str):
     """Run the fused kernel with other launch options, named as fused's module constants in
-    lower case (precision=, num_warps=, num_stages=, std_loads=, max_registers=); restored
-    after."""
+    lower case (precision=, num_warps=, num_stages=, std_loads=, max_registers=,
+    unrolled_readouts=); restored after."""
     saved = {name: getattr(fused, name.upper()) for name in options}
     for name, value in options.items():
         setattr(fused, name.upper(), value)
@@ -130,7 +130,7 @@ def variant(**options: int | str):
 def launch_options() -> dict[str, int | str]:
     return {"precision": fused.PRECISION, "num_warps": fused.NUM_WARPS,
             "num_stages": fused.NUM_STAGES, "std_loads": fused.STD_LOADS,
-            "max_registers": fused.MAX_REGISTERS}
+            "max_registers": fused.MAX_REGISTERS, "unrolled_readouts": fused.UNROLLED_READOUTS}
 
 
 def accuracy(x: torch.Tensor) -> list[dict]:
@@ -305,9 +305,10 @@ def main() -> None:
         timed("torch", "gap", depth, x[:4], x[:16], "torch")
         timed("triton", "flatten", depth, x[:128], x[:128], "triton", variant=launch_options())
         timed("torch", "flatten", depth, x[:128], x[:128], "torch")
-    # all of Table 1's depths from one pass, against depth 21's alone above; and at 128
-    # registers (8 programs an SM against the default's 10)
-    for options in ({}, {"max_registers": 128}):
+    # all of Table 1's depths from one pass, against depth 21's alone above; at 128
+    # registers (8 programs an SM against the default's 10); and in one loop summing every
+    # layer rather than with the readout layers unrolled
+    for options in ({}, {"max_registers": 128}, {"unrolled_readouts": 0}):
         with variant(**options):
             timed("triton", "gap", 21, gap1, gap2, "triton", depths=TABLE1_DEPTHS,
                   variant=launch_options())

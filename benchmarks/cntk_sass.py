@@ -12,7 +12,8 @@ to drive down.  A proxy, not a timing: benchmarks/cntk_gpu.py measures on a GPU.
 
     python benchmarks/cntk_sass.py [--label NAME] [--num-warps N] [--precision P]
                                    [--std-loads tma|pointers] [--depths 3,4,6,11,21]
-                                   [--max-registers N] [--out FILE]
+                                   [--max-registers N] [--unrolled-readouts N]
+                                   [--out FILE]
 
 adds (or replaces) the row NAME in benchmarks/results/cntk_sass.json (or FILE).  Run it
 with PYTHONPATH pointing at another checkout to count that checkout's kernel.
@@ -130,7 +131,8 @@ def count(label: str, depths: tuple[int, ...], tma: bool) -> dict:
                    "depth": max(depths), "depths": list(depths), "num_warps": num_warps,
                    "num_stages": kernel.metadata.num_stages, "precision": fused.PRECISION,
                    "std_loads": "tma" if tma else "pointers",
-                   "max_registers": fused.MAX_REGISTERS},
+                   "max_registers": fused.MAX_REGISTERS,
+                   "unrolled_readouts": fused.UNROLLED_READOUTS},
         **resources(kernel),
         "shared_bytes": kernel.metadata.shared,
         "layers_per_loop_turn": LAYERS_PER_TURN,
@@ -151,10 +153,13 @@ def main() -> None:
                         help="the depths read out in one pass, e.g. 3,4,6,11,21 (Table 1's)")
     parser.add_argument("--max-registers", type=int, default=fused.MAX_REGISTERS or 0,
                         help="fused.MAX_REGISTERS (0: the compiler's choice)")
+    parser.add_argument("--unrolled-readouts", type=int, default=fused.UNROLLED_READOUTS,
+                        help="fused.UNROLLED_READOUTS")
     parser.add_argument("--out", type=Path, default=RESULTS / "cntk_sass.json")
     args = parser.parse_args()
     fused.NUM_WARPS, fused.PRECISION = args.num_warps, args.precision
     fused.MAX_REGISTERS = args.max_registers or None
+    fused.UNROLLED_READOUTS = args.unrolled_readouts
     depths = tuple(sorted(int(d) for d in args.depths.split(",")))
     row = count(args.label, depths, args.std_loads == "tma")
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []

@@ -37,6 +37,17 @@ fetched into shared memory during this one.  2 needs 12 KB of shared memory per 
 stages and 36 KB at Triton's default 3, and timed 33.7 against 36.0 us/pair (H200, depth
 11, 2 against 3).  1 (no prefetch) stalls on every layer's loads."""
 
+UNROLLED_READOUTS = 4
+"""At most this many requested depths between 2 and the deepest are read out by layers of
+their own, unrolled, with the layers between them in loops that read out nothing (Table 1's
+3, 4, 6 and 11 in a depth-21 pass: 48.3 loop instructions per entry and layer on sm_90,
+like depth 21 alone's 47.25, in 8,200 instructions of machine code).  More, and the layers
+between the first and the last run in one loop that sums both fields at every layer and
+stores the requested sums (53.4, +13%, in 3,100 instructions): every depth 3..21 unrolled
+would be 18,000 instructions, 290 KB, straight-line code far beyond an SM's instruction
+caches (the ncu profile of a 24 KB loop body already showed instruction-fetch stalls).
+Neither way timed yet; the benchmark times the Table 1 pass both ways."""
+
 MAX_REGISTERS: int | None = 96
 """Registers per thread the kernel of the default fp16 split (``PRECISION`` 3) may take on
 images of up to 32x32 (Triton's maxnreg; None: the compiler's choice, which the other
@@ -240,6 +251,7 @@ def launch_for(
         SCALE=rules.scale, DEEPEST=deepest, DEPTH_MASK=sum(1 << d for d in depths),
         FIX_FIRST_LAST=fix_first_last, SYMMETRIC=x2 is None, PRECISION=PRECISION, TMA=tma,
         BP=_block(side_p), BQ=_block(side_q),
+        SUM_EVERY_LAYER=sum(2 < d < deepest for d in depths) > UNROLLED_READOUTS,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         **({"maxnreg": MAX_REGISTERS} if _capped(side_p, side_q) else {}),
     )

@@ -211,10 +211,14 @@ def _activation(
     sigma, theta, h, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     SIGNED: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr, READ_OUT: tl.constexpr,
+    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    READOUTS: tl.constexpr,
 ):
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
-    storing the readouts of depth h + 1 if READ_OUT (``_read_out``).  at1 / at2
+    storing the readouts of depth h + 1 if it is in DEPTH_MASK (``_read_out``) as READOUTS
+    says: "none" (it is not), "static" (it is; h is known when the kernel compiles) or
+    "masked" (h is a run-time value in a loop: sum every layer, store where wanted).  at1 /
+    at2
     locate the two images' std windows (``_load_std``; at2 at the slice's partner
     positions), ROW is their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
     s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, TMA)
@@ -233,20 +237,25 @@ def _activation(
     sine = tl.sqrt(w * ((SCALE / (2 * _PI)) ** 2 * (1.0 + tl.abs(rho))))
     k = (sine + kdot * rho) * norm  # K^(h) = scale norm (sin theta + theta rho) / (2 pi)
     propagated = kdot * theta
-    if READ_OUT:
-        _read_out(out, h, k, propagated, DEEPEST, FIX_FIRST_LAST)
+    if READOUTS == "static":
+        _read_out(out, h, k, propagated, True, DEEPEST, FIX_FIRST_LAST)
+    elif READOUTS == "masked":
+        _read_out(out, h, k, propagated, ((DEPTH_MASK >> (h + 1)) & 1) != 0, DEEPEST,
+                  FIX_FIRST_LAST)
     return k, propagated
 
 
 @triton.jit
-def _read_out(out, h, k, propagated, DEEPEST: tl.constexpr, FIX_FIRST_LAST: tl.constexpr):
-    """Store the slice's sums of the NTK and NNGP fields whose readouts give depth h + 1."""
+def _read_out(out, h, k, propagated, wanted, DEEPEST: tl.constexpr,
+              FIX_FIRST_LAST: tl.constexpr):
+    """Store (where ``wanted``) the slice's sums of the NTK and NNGP fields whose readouts
+    give depth h + 1."""
     if FIX_FIRST_LAST:
         top = propagated
     else:
         top = propagated + k
-    tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0))
-    tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0))
+    tl.store(out + h + 1, tl.sum(tl.sum(top, 1), 0), mask=wanted)
+    tl.store(out + DEEPEST + 1 + h + 1, tl.sum(tl.sum(k, 1), 0), mask=wanted)
 
 
 @triton.jit
@@ -254,30 +263,33 @@ def _layer(
     sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     SIGNED: tl.constexpr, SCALE: tl.constexpr, PRECISION: tl.constexpr,
-    DEEPEST: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
-    READ_OUT: tl.constexpr,
+    DEEPEST: tl.constexpr, DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr,
+    TMA: tl.constexpr, READOUTS: tl.constexpr,
 ):
     """Layer h, from (Sigma^(h-1), Theta^(h-1)) to (Sigma^(h), Theta^(h)), reading out depth
-    h + 1 if READ_OUT (then h must be known when the kernel compiles)."""
+    h + 1 as READOUTS says (``_activation``)."""
     k, propagated = _activation(
         sigma, theta, h, at1, at2, snap_at, tiny, out, P, Q, BP, BQ, ROW,
-        SIGNED, SCALE, DEEPEST, FIX_FIRST_LAST, TMA, READ_OUT)
+        SIGNED, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA, READOUTS)
     return (_patch_sum(k, rows, cols, PRECISION),
             _patch_sum(propagated + k, rows, cols, PRECISION))
 
 
 @triton.jit
-def _plain_layers(
-    sigma, theta, start, stop, rows, cols, at1, at2, snap_at, tiny,
+def _looped_layers(
+    sigma, theta, start, stop, rows, cols, at1, at2, snap_at, tiny, out,
     P: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr, ROW: tl.constexpr,
     SCALE: tl.constexpr, PRECISION: tl.constexpr, DEEPEST: tl.constexpr,
-    FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, TMA: tl.constexpr,
+    READOUTS: tl.constexpr,
 ):
-    """Layers start .. stop - 1 (>= 2: rho >= 0), none of them read out, in a loop."""
+    """Layers start .. stop - 1 (>= 2: rho >= 0) in a loop, reading out "none" or
+    "masked" (``_activation``)."""
     for h in range(start, stop):
         sigma, theta = _layer(
-            sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, None,
-            P, Q, BP, BQ, ROW, False, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA, False)
+            sigma, theta, h, rows, cols, at1, at2, snap_at, tiny, out,
+            P, Q, BP, BQ, ROW, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST,
+            TMA, READOUTS)
     return sigma, theta
 
 
@@ -289,6 +301,7 @@ def cntk_slices(
     CHANNELS: tl.constexpr, RADIUS: tl.constexpr, SCALE: tl.constexpr, DEEPEST: tl.constexpr,
     DEPTH_MASK: tl.constexpr, FIX_FIRST_LAST: tl.constexpr, SYMMETRIC: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+    SUM_EVERY_LAYER: tl.constexpr,
 ):
     """Readouts of one (pair, slice): out[pair, slice, 0 / 1, depth] = sum over the slice of
     the NTK / NNGP field whose readout gives that depth, for every depth in DEPTH_MASK.
@@ -299,7 +312,9 @@ def cntk_slices(
     or (2P, 2Q) if EXTENDED: planes repeated twice along each axis, so that a slice's
     partner positions (i + ki) mod P, (j + kj) mod Q lie at i + ki, j + kj, one fixed shift
     away (needed unless the only slice is ki = kj = 0).  rows / cols: the pair's image
-    indices; grid (pairs, slices).
+    indices; grid (pairs, slices).  SUM_EVERY_LAYER: the layers between the first and the
+    last run in one loop that sums both fields at every layer and stores the requested sums,
+    instead of unrolling each layer whose depth is requested (``fused.UNROLLED_READOUTS``).
     """
     pair = tl.program_id(0)
     sl = tl.program_id(1)
@@ -338,33 +353,37 @@ def cntk_slices(
     out = out_ptr + (pair.to(tl.int64) * tl.num_programs(1) + sl) * 2 * (DEEPEST + 1)
     # Layers h = 1 .. DEEPEST - 1, all but the last ending in a patch sum; layer h reads out
     # depth h + 1.  Only layer 1 can meet rho < 0 (Sigma^(h) >= 0 after a ReLU), so it is
-    # the only SIGNED one.  A layer whose depth is requested runs on its own, unrolled, with
-    # h known when the kernel compiles; the layers between two of them run in a loop that
-    # reads out nothing, so every loop's body is one plain layer.  (A readout inside a loop
-    # would be a branch on the run-time h, which Triton's software pipeliner moves past the
-    # next layer's products, keeping two layers' fields alive: 233 registers against 128
-    # for the Table 1 pass of an earlier version; or a sum at every layer, 14% more work.)
+    # the only SIGNED one.  Unless SUM_EVERY_LAYER, a layer whose depth is requested runs on
+    # its own, unrolled, with h known when the kernel compiles, and the layers between two
+    # of them run in a loop that reads out nothing, so every loop's body is one plain layer.
+    # (A readout in a branch on the run-time h would be moved by Triton's software
+    # pipeliner past the next layer's products, keeping two layers' fields alive: 233
+    # registers against 128 for the Table 1 pass of an earlier version.)
     if DEEPEST > 2:
         sigma, theta = _layer(
             sigma, theta, 1, rows, cols, at1, at2, snap_at, tiny, out,
-            P, Q, BP, BQ, SP, True, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA,
-            (DEPTH_MASK >> 2) & 1)
+            P, Q, BP, BQ, SP, True, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST,
+            TMA, "static" if (DEPTH_MASK >> 2) & 1 else "none")
         # the layers run so far; annotated at every assignment, because the interpreter
         # turns the value of a plain one into a tensor, and a loop bound must stay an int,
         # as it is when the kernel compiles
         done: int = 1
-        for d in tl.static_range(3, DEEPEST):
-            if (DEPTH_MASK >> d) & 1:
-                sigma, theta = _plain_layers(
-                    sigma, theta, done + 1, d - 1, rows, cols, at1, at2, snap_at, tiny,
-                    P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA)
-                sigma, theta = _layer(
-                    sigma, theta, d - 1, rows, cols, at1, at2, snap_at, tiny, out,
-                    P, Q, BP, BQ, SP, False, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA,
-                    True)
-                done: int = d - 1  # type: ignore[no-redef]
-        sigma, theta = _plain_layers(
-            sigma, theta, done + 1, DEEPEST - 1, rows, cols, at1, at2, snap_at, tiny,
-            P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, FIX_FIRST_LAST, TMA)
+        if not SUM_EVERY_LAYER:
+            for d in tl.static_range(3, DEEPEST):
+                if (DEPTH_MASK >> d) & 1:
+                    sigma, theta = _looped_layers(
+                        sigma, theta, done + 1, d - 1, rows, cols, at1, at2, snap_at, tiny,
+                        out, P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST, TMA, "none")
+                    sigma, theta = _layer(
+                        sigma, theta, d - 1, rows, cols, at1, at2, snap_at, tiny, out,
+                        P, Q, BP, BQ, SP, False, SCALE, PRECISION, DEEPEST, DEPTH_MASK,
+                        FIX_FIRST_LAST, TMA, "static")
+                    done: int = d - 1  # type: ignore[no-redef]
+        sigma, theta = _looped_layers(
+            sigma, theta, done + 1, DEEPEST - 1, rows, cols, at1, at2, snap_at, tiny, out,
+            P, Q, BP, BQ, SP, SCALE, PRECISION, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST, TMA,
+            "masked" if SUM_EVERY_LAYER else "none")
     _activation(sigma, theta, DEEPEST - 1, at1, at2, snap_at, tiny, out,
-                P, Q, BP, BQ, SP, DEEPEST == 2, SCALE, DEEPEST, FIX_FIRST_LAST, TMA, True)
+                P, Q, BP, BQ, SP, DEEPEST == 2, SCALE, DEEPEST, DEPTH_MASK, FIX_FIRST_LAST,
+                TMA, "static")

@@ -81,14 +81,18 @@ def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size,
 
 
 @pytest.mark.parametrize("precision", [2, 3], ids=["tf32", "fp16"])
-@pytest.mark.parametrize("depths", [(2, 3, 4, 5, 6, 7), (3, 7), (2, 5, 7), (7,)],
-                         ids=["every", "3,7", "2,5,7", "7"])
-def test_every_set_of_depths_read_out(depths, precision, monkeypatch):
+@pytest.mark.parametrize(("depths", "unrolled"), [
+    ((2, 3, 4, 5, 6, 7), 4), ((3, 7), 4), ((2, 5, 7), 4), ((7,), 4),
+    ((2, 3, 4, 5, 6, 7), 0), ((2, 5, 7), 0)], ids=[
+    "every unrolled", "3,7", "2,5,7", "7", "every in a loop", "2,5,7 in a loop"])
+def test_every_set_of_depths_read_out(depths, unrolled, precision, monkeypatch):
     # a requested depth's layer runs unrolled, the layers between two of them in a loop:
-    # every depth (no loop), loops after, between and before the readouts.  A 4 x 5 image
-    # tells the row band from the column band; tf32 operands also relabel the field's
-    # columns (_as_left).
+    # every depth (no loop), loops after, between and before the readouts; or, with more
+    # than UNROLLED_READOUTS, one loop sums every layer and stores the requested sums.  A
+    # 4 x 5 image tells the row band from the column band; tf32 operands also relabel the
+    # field's columns (_as_left).
     monkeypatch.setattr(fused, "PRECISION", precision)
+    monkeypatch.setattr(fused, "UNROLLED_READOUTS", unrolled)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
     z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
