@@ -53,18 +53,17 @@ MAX_REGISTERS: int | None = 96
 images of up to 32x32 (Triton's maxnreg; None: the compiler's choice, which the other
 precisions always get, as do larger images, whose slices hold up to four times as many
 entries per thread: capped at 96, 64x64 would make 1,789 local-memory loads a layer,
-against 346).  An
-SM's 64K registers hold ten 2-warp programs at 96, eight at 128 (the compiler's choice for
-one depth under Triton 3.6 for sm_90, with the stds by TMA; 136 through pointers), so the
-cap buys a quarter more warps to hide latencies with, for 1.3% more loop instructions and
-no spill inside the loop (depth 11 or 21 alone, TMA; a Table 1 pass, or pointers on sm_90,
-reload 2 values a layer from local memory; pointers on sm_80 spill nothing in the loop,
-for 4% more instructions).  At 96 the tf32 split would spill 4 values per entry and layer.
-Chosen from the machine code alone (``benchmarks/cntk_sass.py``) under Triton 3.6, what the
-H200 runs had; 3.5, 3.7 and 3.8 spill nothing in the loop at 96 either, 3.4 and 3.9 do (1.1
-and 0.8 local loads per entry and layer; 3.9 spills at any cap below its own choice of
-130).  The benchmark times 128, 112, 88 and the compiler's choice as variants, and records
-the registers and local memory of what it timed."""
+against 346).  An SM's 64K registers hold ten 2-warp programs at 96, eight at 128 (the
+compiler's choice for one depth under Triton 3.6 for sm_90, with the stds by TMA; 136
+through pointers), so the cap buys a quarter more warps to hide latencies with, for 1.3%
+more loop instructions and no spill inside the loop (depth 11 or 21 alone, TMA; a Table 1
+pass, or pointers on sm_90, reload 2 values a layer from local memory; pointers on sm_80
+spill nothing in the loop, for 4% more instructions).  At 96 the tf32 split would spill 4
+values per entry and layer.  Chosen from the machine code alone (``benchmarks/cntk_sass.py``)
+under Triton 3.6, what the H200 runs had; 3.5, 3.7 and 3.8 spill nothing in the loop at 96
+either, 3.4 and 3.9 do (1.1 and 0.8 local loads per entry and layer; 3.9 spills at any cap
+below its own choice of 130).  The benchmark times 128, 112, 88 and the compiler's choice
+as variants, and records the registers and local memory of what it timed."""
 
 PRECISION = 3
 """Patch-sum precision: 3 = fp16 hi/lo split (default), 2 = tf32 hi/lo split (same error,

@@ -217,10 +217,9 @@ def _activation(
     """K^(h) and K-dot^(h) * Theta^(h-1) of one slice from Sigma^(h-1) and Theta^(h-1),
     storing the readouts of depth h + 1 if it is in DEPTH_MASK (``_read_out``) as READOUTS
     says: "none" (it is not), "static" (it is; h is known when the kernel compiles) or
-    "masked" (h is a run-time value in a loop: sum every layer, store where wanted).  at1 /
-    at2
-    locate the two images' std windows (``_load_std``; at2 at the slice's partner
-    positions), ROW is their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
+    "masked" (h is a run-time value in a loop: sum every layer, store where wanted).
+    at1 / at2 locate the two images' std windows (``_load_std``; at2 at the slice's
+    partner positions), ROW is their row stride; w = 1 - |rho| <= snap_at is snapped to 0."""
     s1 = _load_std(at1, h - 1, P, Q, BP, BQ, ROW, TMA)
     s2 = _load_std(at2, h - 1, P, Q, BP, BQ, ROW, TMA)
     norm = s1 * s2
