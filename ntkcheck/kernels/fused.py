@@ -40,10 +40,10 @@ stages and 36 KB at Triton's default 3, and timed 33.7 against 36.0 us/pair (H20
 UNROLLED_READOUTS = 4
 """At most this many requested depths between 2 and the deepest are read out by layers of
 their own, unrolled, with the layers between them in loops that read out nothing (Table 1's
-3, 4, 6 and 11 in a depth-21 pass: 48.3 loop instructions per entry and layer on sm_90,
-like depth 21 alone's 47.25, in 8,200 instructions of machine code).  More, and the layers
+3, 4, 6 and 11 in a depth-21 pass: 47.3 loop instructions per entry and layer on sm_90,
+like depth 21 alone's 46.25, in 8,100 instructions of machine code).  More, and the layers
 between the first and the last run in one loop that sums both fields at every layer and
-stores the requested sums (53.4, +13%, in 3,100 instructions): every depth 3..21 unrolled
+stores the requested sums (52.4, +13%, in 3,100 instructions): every depth 3..21 unrolled
 would be 18,000 instructions, 290 KB, straight-line code far beyond an SM's instruction
 caches (the ncu profile of a 24 KB loop body already showed instruction-fetch stalls).
 Neither way timed yet; the benchmark times the Table 1 pass both ways."""
@@ -55,13 +55,13 @@ precisions always get, as do larger images, whose slices hold up to four times a
 entries per thread: capped at 96, 64x64 would make 1,789 local-memory loads a layer,
 against 346).  An SM's 64K registers hold ten 2-warp programs at 96, eight at 128 (the
 compiler's choice for one depth under Triton 3.6 for sm_90, with the stds by TMA; 136
-through pointers), so the cap buys a quarter more warps to hide latencies with, for 1.3%
+through pointers), so the cap buys a quarter more warps to hide latencies with, for 1.4%
 more loop instructions and no spill inside the loop (depth 11 or 21 alone, TMA; a Table 1
 pass, or pointers on sm_90, reload 2 values a layer from local memory; pointers on sm_80
 spill nothing in the loop, for 4% more instructions).  At 96 the tf32 split would spill 4
 values per entry and layer.  Chosen from the machine code alone (``benchmarks/cntk_sass.py``)
 under Triton 3.6, what the H200 runs had; 3.5, 3.7 and 3.8 spill nothing in the loop at 96
-either, 3.4 and 3.9 do (1.1 and 0.8 local loads per entry and layer; 3.9 spills at any cap
+either, 3.4 and 3.9 do (1.2 and 0.8 local loads per entry and layer; 3.9 spills at any cap
 below its own choice of 130).  The benchmark times 128, 112, 88 and the compiler's choice
 as variants, and records the registers and local memory of what it timed."""
 
