@@ -51,7 +51,7 @@ REGISTERS = textwrap.dedent('''
 ''')
 
 
-def compile_for_gpus(script: str, tmp_path, *args: str) -> dict:
+def compile_for_gpus(script: str, tmp_path) -> dict:
     """``script``'s last line of JSON, run from the checkout in a process of its own (the
     stand-in driver and cntk_sass.py's import drop the interpreter) with a fresh kernel
     cache, so that the kernels compile now."""
@@ -61,7 +61,7 @@ def compile_for_gpus(script: str, tmp_path, *args: str) -> dict:
         pytest.skip("this Triton has no driver.set_active to compile for a named GPU")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
