@@ -12,7 +12,7 @@ two calls of this script, the second on the warm machine as soon as the first re
     # device run 2 at once (warm), no carry (the Gram tiles stay), timeout_s S + 30,
     # S = the device time left less 60
     python3 benchmarks/gpu_session.py run --out $OUT --seconds S --steps bench,profile,gap2k
-    python benchmarks/gpu_session.py unpack DIR       # here: the GAP-2K work that came back
+    python benchmarks/gpu_session.py unpack DIR       # here: what came back, into the tree
 
 ``run`` takes the named steps in the order named.  Each gets what is left of ``--seconds``
 (at most its own cap, less ``RESERVE`` for what follows the last step), is killed with
@@ -21,14 +21,18 @@ a step that fails or is cut off does not stop the next, and one with less time l
 it needs is skipped.  ``OUT/session.json`` records the device and every step (commands,
 exit statuses, seconds, cut off or skipped), rewritten after each; the last lines printed
 are the same as a table; ``OUT/gpu_clocks.csv`` samples the GPU's clocks and power all
-along.  The GAP-2K step resumes from ``carry/work`` and packs what it
+along.  The CIFAR-10 JPEG set travels compressed by xz (``PACKED_JPEG_SET``, 18 MiB
+against 59) and the steps that read it restore it first (``inflate``).  The GAP-2K step
+resumes from ``carry/work`` and packs what it
 finished (the fitted weights and test chunks, not the Gram tiles) into
 ``OUT/gap2k_work.tar.NN`` parts, which ``unpack`` restores into ``carry/`` and keeps in
 ``SAVED_WORK``, so that ``prepare`` in a later session carries it again.  The Gram matrix
 (2M pairs of depth 21) must finish within one warm machine's calls, since its tiles (47 MB)
 would not travel back (on an H200 it took 152 s); a second call on the same machine that
 carries nothing finds them still there.  Its parts leave room for the files of the steps
-named after it.
+named after it in the same call.  The ``v50k-fixed`` step computes the CNTK-V column on
+all 50,000 training images with the first and last layer fixed (a check of why CNTK-V at
+depths 3 and 4 falls short of the paper; ~5 minutes on an H100) and brings its CSV back.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import argparse
 import contextlib
 import io
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -52,11 +57,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = Path("carry")
 """Relative to the repository root: the git-ignored folder a device call carries."""
-DATA = CARRY / "data"  # the exact-pixel subset: the GPU tests and the benchmark
-GAP2K_DATA = CARRY / "g2k"  # the first 2,000 training and all 10,000 test JPEG files
+DATA = CARRY / "data"  # the exact-pixel subset (the GPU tests, the benchmark), the JPEG set
+JPEG_SET = DATA / "cifar10_jpeg.zip"  # all 60,000 JPEG files, restored by ``inflate``
+PACKED_JPEG_SET = JPEG_SET.with_name(JPEG_SET.name + ".xz")
+"""What travels of the JPEG set: its zip compressed by xz.  Every one of the 60,000 files
+starts with the same 621 bytes (JPEG tables, the same for every image), which xz stores
+once: 18.3 MiB against 59.3, so the whole set travels with the rest (the zip alone would
+not).  xz checks its own integrity, so ``inflate`` restores the zip bit for bit or fails."""
 WHEELS = CARRY / "whl"  # neural-tangents for the benchmark (the GPU image has jax)
 WORK = CARRY / "work"
 GAP2K_OUT = CARRY / "gap2k"
+V50K_OUT = CARRY / "v50k_fixed"
+V50K_CSV = "cntk_v_50k_fixed.csv"
+"""In ``--out``: the table1.csv of the ``v50k-fixed`` step; ``unpack`` keeps it in
+``V50K_RESULTS``."""
+V50K_RESULTS = Path("studies/results/table1_fix")
 RESULTS = Path("studies/results")  # the committed Table 1 (table1.csv, .md, .png)
 SAVED_WORK = RESULTS / "table1_gap2k_work.tar"
 """Committed between GPU sessions while the CNTK-GAP-2K column is unfinished."""
@@ -94,8 +109,16 @@ class Step:
     need: float  # skipped with fewer seconds than this left
     commands: Callable[[float, Path], list[list[str]]]
     env: Callable[[], dict[str, str]] = dict
-    after: Callable[[Path], dict] | None = None  # run once the commands end, its record kept
+    # run once the commands end, its record kept; given ``--out`` and the number of files
+    # that the steps after this one in the call may still write there
+    after: Callable[[Path, int], dict] | None = None
     ok: tuple[int, ...] = (0,)  # exit statuses of the last command that mean success
+    outputs: tuple[str, ...] = ()  # what it writes to ``--out`` besides its log
+
+    @property
+    def files(self) -> int:
+        """Files it may write to ``--out`` (a packing step's parts not counted)."""
+        return 1 + len(self.outputs)
 
 
 def _pytest(seconds: float, out: Path) -> list[list[str]]:
@@ -112,12 +135,31 @@ def _bench(seconds: float, out: Path) -> list[list[str]]:
     return [install, bench] if install[-1].endswith(".whl") else [bench]
 
 
+def _inflate() -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "inflate"]
+
+
+def _reproduce(column: str, out: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "ntkcheck.cli", "reproduce", "table1", "--columns", column,
+            "--device", "cuda", "--data-root", str(DATA), "--out", str(out), *options]
+
+
 def _gap2k(seconds: float, out: Path) -> list[list[str]]:
     # stop between test chunks with time left to save the last one
-    return [[sys.executable, "-m", "ntkcheck.cli", "reproduce", "table1",
-             "--columns", "CNTK-GAP-2K", "--device", "cuda", "--data-root", str(GAP2K_DATA),
-             "--work", str(WORK), "--out", str(GAP2K_OUT),
-             "--max-seconds", str(int(seconds - 20))]]
+    return [_inflate(), _reproduce("CNTK-GAP-2K", GAP2K_OUT, "--work", str(WORK),
+                                   "--max-seconds", str(int(seconds - 20)))]
+
+
+def _v50k_fixed(seconds: float, out: Path) -> list[list[str]]:
+    return [_inflate(), _reproduce("CNTK-V", V50K_OUT, "--fix-first-last", "yes")]
+
+
+def _bring_v50k_back(out: Path, later: int) -> dict:
+    table = V50K_OUT / "table1.csv"
+    if not table.exists():
+        return {"csv": None}
+    shutil.copy2(table, out / V50K_CSV)
+    return {"csv": V50K_CSV}
 
 
 def _profile(seconds: float, out: Path) -> list[list[str]]:
@@ -131,9 +173,8 @@ def _profile(seconds: float, out: Path) -> list[list[str]]:
     return [["sh", "-c", f"{shlex.join(detailed)} || {shlex.join([*plain, *script])}"]]
 
 
-def _pack_gap2k(out: Path) -> dict:
-    # parts in the files that come back, less those that steps after this one may still write
-    later = sum(not (out / name).exists() for name in OTHER_FILES)
+def _pack_gap2k(out: Path, later: int) -> dict:
+    # parts in the files that come back, less those that the steps after this one may write
     return pack([WORK, GAP2K_OUT], out / PACK, max_files=MAX_FILES - _files(out) - later)
 
 
@@ -143,14 +184,15 @@ STEPS = {s.name: s for s in (
     # the profile (~60 s) before the timings, which a short budget cuts at their last rows
     Step("profile", "cntk_ncu.log", cap=120, need=40, commands=_profile),
     Step("bench", "cntk_gpu.log", cap=300, need=60, commands=_bench,
-         env=lambda: {"PYTHONPATH": SITE}),
+         env=lambda: {"PYTHONPATH": SITE}, outputs=("cntk_gpu.json",)),
     Step("gap2k", "gap2k.log", cap=600, need=120, commands=_gap2k, after=_pack_gap2k,
          ok=(0, 3)),  # 3: stopped in time between test chunks; the same call continues
+    # 287 s of kernels at the 6.1M pairs/s of the trained column on an H100, five float64
+    # solves of 50k x 50k, and decoding 60,000 JPEG files; not resumable (its Gram tiles
+    # would fill 25 GB of disk), so it starts only with room to finish
+    Step("v50k-fixed", "v50k_fixed.log", cap=560, need=400, commands=_v50k_fixed,
+         after=_bring_v50k_back, outputs=(V50K_CSV,)),
 )}
-
-
-OTHER_FILES = {s.log for s in STEPS.values() if s.after is None} | {"cntk_gpu.json"}
-"""What the steps other than gap2k write to ``--out``."""
 
 
 def _files(folder: Path) -> int:
@@ -181,8 +223,9 @@ def _run_command(argv: Sequence[str], log, env: dict[str, str], seconds: float) 
             "cut_off": cut}
 
 
-def run_step(step: Step, seconds: float, out: Path) -> dict:
-    """``step``'s commands in turn within ``seconds`` in all; its record."""
+def run_step(step: Step, seconds: float, out: Path, later: int = 0) -> dict:
+    """``step``'s commands in turn within ``seconds`` in all; its record.  ``later``: the
+    files that the steps after it in the call may write to ``out``."""
     deadline = time.monotonic() + seconds
     env = dict(os.environ)
     # The device machine runs the checkout uninstalled: a script under benchmarks/ finds
@@ -205,7 +248,7 @@ def run_step(step: Step, seconds: float, out: Path) -> dict:
                   seconds=round(sum(c["seconds"] for c in record["commands"]), 1))
     if step.after is not None:
         try:
-            record["after"] = step.after(out)
+            record["after"] = step.after(out, later)
         except Exception as error:  # noqa: BLE001 -- recorded; the session goes on
             record["after"] = {"error": f"{type(error).__name__}: {error}"}
     return record
@@ -262,14 +305,15 @@ def sampling_clocks(path: Path, every: int = CLOCK_SECONDS) -> Iterator[None]:
 def _run_steps(steps: Sequence[Step], seconds: float, start: float, out: Path,
                session: dict, write: Callable[[], None]) -> None:
     """``run``'s loop: each step with what is left of ``seconds`` since ``start``."""
-    for step in steps:
+    for i, step in enumerate(steps):
         left = seconds - (time.monotonic() - start)
         if left < step.need:
             session["steps"].append({"step": step.name, "skipped":
                                      f"{max(left, 0):.0f} s left, needs {step.need:.0f}"})
         else:
             print(f"[{step.name}] up to {min(step.cap, left):.0f} s", flush=True)
-            session["steps"].append(run_step(step, min(step.cap, left), out))
+            later = sum(s.files for s in steps[i + 1:])
+            session["steps"].append(run_step(step, min(step.cap, left), out, later))
             print(_tail(out / step.log, TAIL_LINES), flush=True)
         write()
 
@@ -320,12 +364,25 @@ def _without_gram_tiles(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 
 
 def unpack(source: Path, root: Path = ROOT) -> str:
-    """Join ``source``/gap2k_work.tar.NN into ``root``/SAVED_WORK and extract it under
+    """What came back in ``source``, into the tree under ``root``: the ``v50k-fixed`` CSV
+    into V50K_RESULTS, and the GAP-2K work (``_unpack_gap2k``).  Says what it did."""
+    said = []
+    if (source / V50K_CSV).is_file():
+        (root / V50K_RESULTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / V50K_CSV, root / V50K_RESULTS / V50K_CSV)
+        said.append(f"CNTK-V on 50k images, first and last layer fixed: {V50K_RESULTS / V50K_CSV}")
+    parts = sorted(source.glob(PACK + ".*"))
+    if parts:
+        said.append(_unpack_gap2k(parts, root))
+    if not said:
+        raise FileNotFoundError(f"neither {PACK}.NN parts nor {V50K_CSV} in {source}")
+    return "\n".join(said)
+
+
+def _unpack_gap2k(parts: Sequence[Path], root: Path) -> str:
+    """Join the gap2k_work.tar.NN ``parts`` into ``root``/SAVED_WORK and extract it under
     ``root`` (carry/work, carry/gap2k).  Once the CNTK-GAP-2K column is finished, its cells
     go into ``root``/RESULTS (table1.csv, .md, .png) and SAVED_WORK is removed.  Says which."""
-    parts = sorted(source.glob(PACK + ".*"))
-    if not parts:
-        raise FileNotFoundError(f"no {PACK}.NN parts in {source}")
     saved = root / SAVED_WORK
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_bytes(b"".join(p.read_bytes() for p in parts))
@@ -361,18 +418,40 @@ def _extract(tar_path: Path, root: Path) -> None:
         tar.extractall(root, filter="data")
 
 
+def compress(source: Path, target: Path) -> None:
+    """``source`` compressed by xz into ``target`` (whole or absent, even if interrupted)."""
+    partial = target.with_name(target.name + ".partial")
+    with source.open("rb") as plain, lzma.open(partial, "wb") as packed:
+        shutil.copyfileobj(plain, packed, 2**20)
+    os.replace(partial, target)
+
+
+def inflate(root: Path = Path(".")) -> str:
+    """On the device machine: ``root``/JPEG_SET from PACKED_JPEG_SET (relative to the
+    working folder, as every step's paths are), unless it is there (a warm machine keeps it
+    between calls).  Says which."""
+    target = root / JPEG_SET
+    if target.is_file():
+        return f"{JPEG_SET} is there"
+    partial = target.with_name(target.name + ".partial")
+    with lzma.open(root / PACKED_JPEG_SET) as packed, partial.open("wb") as plain:
+        shutil.copyfileobj(packed, plain, 2**20)  # xz checks what it decompresses
+    os.replace(partial, target)
+    return f"{JPEG_SET} restored from {PACKED_JPEG_SET}: {target.stat().st_size} bytes"
+
+
 def prepare(root: Path = ROOT, data: str | None = None, wheels: bool = True) -> int:
     """Fill ``root``/carry with what the steps read on the device machine; the bytes that
     a call carrying it would send (the working tree and carry/)."""
     _importable()
     import ntkcheck as nc
-    from ntkcheck.data.cifar10 import EXACT_SUBSET
+    from ntkcheck.data.cifar10 import EXACT_SUBSET, JPEG_ZIP
 
     carry = root / CARRY
     (root / DATA).mkdir(parents=True, exist_ok=True)
     shutil.copy2(nc.data.data_root(data) / EXACT_SUBSET, root / DATA / EXACT_SUBSET)
-    if not (root / GAP2K_DATA).exists():
-        nc.data.write_slice(root / GAP2K_DATA, 2_000, root=data)
+    if not (root / PACKED_JPEG_SET).exists():
+        compress(nc.data.data_root(data, JPEG_ZIP) / JPEG_ZIP, root / PACKED_JPEG_SET)
     if wheels and not list((root / WHEELS).glob("*.whl")):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                         "--only-binary=:all:", "-d", str(root / WHEELS), *NT_WHEELS],
@@ -402,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     ready = verbs.add_parser("prepare", help="here: fill carry/ for a device call")
     ready.add_argument("--data-root", default=None, help="the CIFAR-10 folder to copy from")
     ready.add_argument("--no-wheels", action="store_true", help="skip neural-tangents")
-    back = verbs.add_parser("unpack", help="here: restore the GAP-2K work that came back")
+    back = verbs.add_parser("unpack", help="here: what came back (GAP-2K work, CSVs)")
     back.add_argument("source", help="the folder the call's files came back to")
+    verbs.add_parser("inflate", help="on the device machine: the JPEG set from its xz")
     args = parser.parse_args(argv)
     try:
         if args.verb == "prepare":
@@ -415,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "unpack":
             print(unpack(Path(args.source)))
             return 0
-    except (OSError, ValueError, subprocess.CalledProcessError) as error:
+        if args.verb == "inflate":
+            print(inflate())
+            return 0
+    except (OSError, ValueError, lzma.LZMAError, subprocess.CalledProcessError) as error:
         parser.error(str(error))
     names = [n for n in args.steps.split(",") if n]
     unknown = sorted(set(names) - set(STEPS))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -188,34 +189,67 @@ def test_steps_run_in_the_order_named(tmp_path, monkeypatch):
     assert [s["step"] for s in session["steps"]] == ["c", "a"]
 
 
-@pytest.mark.parametrize("present", [[], ["gpu_pytest.log"], sorted(gs.OTHER_FILES)])
-def test_the_gap2k_parts_leave_room_for_the_later_steps_files(present, tmp_path, monkeypatch):
-    for name in ["session.json", gs.CLOCKS, "gap2k.log", *present]:
-        (tmp_path / name).write_text("")
-    monkeypatch.setattr(gs, "pack", lambda sources, target, max_files: max_files)
-    # the 8 files that come back: these, the parts, and what the other steps may still write
-    assert gs.OTHER_FILES == {"gpu_pytest.log", "cntk_ncu.log", "cntk_gpu.log",
-                              "cntk_gpu.json"}
-    assert gs._pack_gap2k(tmp_path) == gs.MAX_FILES - 3 - len(gs.OTHER_FILES) == 1
+@pytest.mark.parametrize(("before", "after", "room"), [
+    ([], [], 6), (["pytest"], ["bench"], 3), (["pytest", "profile"], ["v50k-fixed"], 2),
+    (["pytest", "profile", "bench"], [], 2)])
+def test_the_gap2k_parts_leave_room_for_the_later_steps_files(before, after, room, tmp_path,
+                                                              monkeypatch):
+    """Of the 8 files that come back: session.json, the logs and outputs of the steps before
+    gap2k, its log, those of the steps after it in the same call, and its parts."""
+    monkeypatch.setattr(gs, "pack", lambda sources, target, max_files: {"parts": max_files})
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: no clocks file
+    monkeypatch.chdir(tmp_path)  # the stand-ins write their files here, the call's out
+
+    def stand_in(name):  # writes to out what the step writes there; only gap2k packs
+        real = gs.STEPS[name]
+        code = f"for f in {[real.log, *real.outputs]!r}: open(f, 'a').close()"
+        return replace(real, cap=30, need=0, commands=lambda seconds, out: [python(code)],
+                       after=real.after if name == "gap2k" else None)
+
+    session = gs.run([stand_in(n) for n in [*before, "gap2k", *after]], seconds=60,
+                     out=tmp_path, reserve=0)
+    (gap2k,) = [s for s in session["steps"] if s["step"] == "gap2k"]
+    assert gap2k["after"] == {"parts": room}
 
 
 def test_unpack_without_parts_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="gap2k_work.tar.NN"):
+    with pytest.raises(FileNotFoundError, match="gap2k_work.tar.NN parts nor cntk_v_50k"):
         gs.unpack(tmp_path, root=tmp_path)
+
+
+def test_the_jpeg_set_travels_compressed_and_comes_back_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nc.data.write_slice("slice", 20, 5)  # real JPEG files, with their shared 621-byte tables
+    original = (tmp_path / "slice" / "cifar10_jpeg.zip").read_bytes()
+    (tmp_path / gs.DATA).mkdir(parents=True)
+    gs.compress(tmp_path / "slice" / "cifar10_jpeg.zip", tmp_path / gs.PACKED_JPEG_SET)
+    assert (tmp_path / gs.PACKED_JPEG_SET).stat().st_size < len(original) / 2
+    assert "restored" in gs.inflate()
+    assert (tmp_path / gs.JPEG_SET).read_bytes() == original
+    assert gs.inflate().endswith("is there")  # a warm machine's second call
+
+    (tmp_path / gs.JPEG_SET).unlink()  # a damaged pack fails and leaves no zip behind
+    packed = bytearray((tmp_path / gs.PACKED_JPEG_SET).read_bytes())
+    packed[len(packed) // 2] ^= 0xFF
+    (tmp_path / gs.PACKED_JPEG_SET).write_bytes(bytes(packed))
+    with pytest.raises(gs.lzma.LZMAError):
+        gs.inflate()
+    assert not (tmp_path / gs.JPEG_SET).exists()
 
 
 def test_the_gap2k_step_resumes_and_packs_on_the_cpu(tmp_path, monkeypatch):
     """The step's own command line, on the CPU and a tiny slice: it stops in time, packs,
     and a second call with the unpacked work computes nothing again."""
     monkeypatch.chdir(tmp_path)
-    nc.data.write_slice(gs.GAP2K_DATA, 4, 3)
+    nc.data.write_slice(gs.DATA, 4, 3)
     out = tmp_path / "out"
     out.mkdir()
 
     def tiny(seconds, out):
-        (argv,) = gs._gap2k(seconds, out)
+        inflate, argv = gs._gap2k(seconds, out)
         argv[argv.index("cuda")] = "cpu"
-        return [argv + ["--n-train", "4", "--n-test", "3", "--depths", "3,4", "--quiet"]]
+        return [inflate, argv + ["--n-train", "4", "--n-test", "3", "--depths", "3,4",
+                                 "--quiet"]]
 
     tiny_step = gs.Step("gap2k", "gap2k.log", cap=300, need=0, commands=tiny,
                         after=gs.STEPS["gap2k"].after, ok=gs.STEPS["gap2k"].ok)
@@ -234,14 +268,46 @@ def test_the_gap2k_step_resumes_and_packs_on_the_cpu(tmp_path, monkeypatch):
     assert (column / "fit.pt").exists() and list((column / "test").glob("*.pt"))
     assert not (column / "train").exists()
 
-    # elsewhere, from the unpacked work alone: the fit and chunks are loaded, not recomputed
+    # elsewhere, from the unpacked work alone and the JPEG set as it travels (compressed):
+    # the fit and chunks are loaded, not recomputed
     shutil.rmtree(fresh / gs.GAP2K_OUT)
-    shutil.copytree(gs.GAP2K_DATA, fresh / gs.GAP2K_DATA)
+    (fresh / gs.DATA).mkdir(parents=True)
+    gs.compress(gs.JPEG_SET, fresh / gs.PACKED_JPEG_SET)
+    shutil.copy(gs.DATA / "cifar10_exact_subset.npz", fresh / gs.DATA)
     monkeypatch.chdir(fresh)
     again = gs.run([tiny_step], seconds=300, out=tmp_path / "out2", reserve=0)
     assert again["steps"][0]["ok"], (tmp_path / "out2" / "gap2k.log").read_text()
+    assert "restored from" in (tmp_path / "out2" / "gap2k.log").read_text()
     assert not (column / "train").exists()  # no Gram tile: the saved fit served
     assert (fresh / gs.GAP2K_OUT / "table1.csv").read_text().splitlines() == rows
+
+
+def test_the_v50k_step_brings_its_table_back_and_unpack_keeps_it(tmp_path, monkeypatch):
+    """The step's own command lines on the CPU and a tiny slice: CNTK-V with the first and
+    last layer fixed, its CSV in out, and from there in the committed results."""
+    monkeypatch.chdir(tmp_path)
+    nc.data.write_slice(gs.DATA, 4, 3)
+
+    def tiny(seconds, out):
+        inflate, argv = gs._v50k_fixed(seconds, out)
+        argv[argv.index("cuda")] = "cpu"
+        return [inflate, argv + ["--n-train", "4", "--n-test", "3", "--depths", "3",
+                                 "--quiet"]]
+
+    out = tmp_path / "out"
+    session = gs.run([replace(gs.STEPS["v50k-fixed"], commands=tiny, need=0)], seconds=300,
+                     out=out, reserve=0)
+    (record,) = session["steps"]
+    assert record["ok"] and record["after"] == {"csv": gs.V50K_CSV}, \
+        (out / "v50k_fixed.log").read_text()
+    (row,) = files.read_rows(out / gs.V50K_CSV)
+    assert (row["column"], row["depth"], row["fix_first_last"], row["n_train"]) == \
+        ("CNTK-V", "3", "True", "4")
+
+    here = tmp_path / "here"
+    assert gs.unpack(out, root=here).startswith("CNTK-V on 50k images")
+    assert (here / gs.V50K_RESULTS / gs.V50K_CSV).read_bytes() == \
+        (out / gs.V50K_CSV).read_bytes()
 
 
 def test_the_profile_step_falls_back_to_the_plain_profile(tmp_path, monkeypatch):
