@@ -140,6 +140,24 @@ def test_small_launches_assemble_the_whole_matrix(cross):
     assert_close({d: (k.ntk, k.nngp) for d, k in found.items()}, both(arch, x, z, backend="torch"))
 
 
+@pytest.mark.parametrize("std_loads", ["tma", "pointers"])
+def test_images_that_fill_the_block_exactly(std_loads, monkeypatch):
+    # every other test's images are padded to the block; CIFAR's 32 x 32 fill theirs, and
+    # so do 16 x 16 ones: the loads, the std windows and the bands without a mask, the
+    # packing boundary at the block's edge
+    if std_loads == "tma" and fused.interpreting() and \
+            fused.triton_version() < fused.INTERPRETER_TMA:
+        pytest.skip("this Triton's interpreter cannot run the tensor descriptors")
+    monkeypatch.setattr(fused, "STD_LOADS", std_loads)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 3, 16, 16, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 3, 16, 16, generator=g, dtype=torch.float64)
+    for pooling in ("gap", "flatten"):
+        arch = nc.CNN(depth=3, pooling=pooling)
+        assert_close(both(arch, x.float().to(DEVICE), z.float().to(DEVICE), depths=(2, 3)),
+                     both(arch, x, z, depths=(2, 3), backend="torch"))
+
+
 def test_wide_filter_and_padded_block():
     # 17 x 6 pads to a 32 x 16 block; q = 5 reaches two rows across the packing boundary
     x = torch.randn(2, 1, 17, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
