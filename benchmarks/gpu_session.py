@@ -64,7 +64,7 @@ PACKED_JPEG_SET = JPEG_SET.with_name(JPEG_SET.name + ".xz")
 starts with the same 621 bytes (JPEG tables, the same for every image), which xz stores
 once: 18.3 MiB against 59.3, so the whole set travels with the rest (the zip alone would
 not).  xz checks its own integrity, so ``inflate`` restores the zip bit for bit or fails."""
-WHEELS = CARRY / "whl"  # neural-tangents for the benchmark (the GPU image has jax)
+WHEELS = CARRY / "whl"  # neural-tangents (the GPU image has jax) and pytest-xdist
 WORK = CARRY / "work"
 GAP2K_OUT = CARRY / "gap2k"
 V50K_OUT = CARRY / "v50k_fixed"
@@ -76,6 +76,10 @@ RESULTS = Path("studies/results")  # the committed Table 1 (table1.csv, .md, .pn
 SAVED_WORK = RESULTS / "table1_gap2k_work.tar"
 """Committed between GPU sessions while the CNTK-GAP-2K column is unfinished."""
 NT_WHEELS = ("neural-tangents==0.6.5", "frozendict==2.5.1")
+XDIST_WHEELS = ("pytest-xdist==3.8.0", "execnet==2.1.2")
+"""For the GPU tests: most of their time is Triton compiling kernels, one at a time in one
+process (44 tests in 129 s on the H200); TEST_WORKERS processes compile side by side."""
+TEST_WORKERS = 8
 SITE = "/tmp/ntkcheck-site"  # where the device call installs the carried wheels
 PACK = "gap2k_work.tar"
 PART_BYTES = 15 * 2**20  # a file from $OUT may hold 16 MiB
@@ -121,18 +125,45 @@ class Step:
         return 1 + len(self.outputs)
 
 
+def _wheels(pins: Sequence[str], folder: Path = WHEELS) -> list[Path]:
+    """The wheels in ``folder`` of the ``pins`` (name==version) that it holds."""
+    found = []
+    for pin in pins:
+        name, version = pin.split("==")
+        found += sorted(folder.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found
+
+
+def _install(pins: Sequence[str]) -> list[list[str]]:
+    """The command that installs the carried wheels of ``pins`` into SITE (none if none
+    were carried)."""
+    wheels = _wheels(pins)
+    return [[sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+             "--no-compile", "--target", SITE, *map(str, wheels)]] if wheels else []
+
+
 def _pytest(seconds: float, out: Path) -> list[list[str]]:
-    return [[sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rs",
-             "-p", "no:cacheprovider"]]
+    tests = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-rs",
+             "-p", "no:cacheprovider", "--durations=15"]
+    if len(_wheels(XDIST_WHEELS)) < len(XDIST_WHEELS):
+        return [tests]
+    return [*_install(XDIST_WHEELS), parallel_or_serial(tests, TEST_WORKERS)]
+
+
+def parallel_or_serial(tests: list[str], workers: int) -> list[str]:
+    """``tests`` (a pytest command line) in ``workers`` processes (pytest-xdist); where that
+    ends in an exit status of 2 or more (interrupted, an internal or usage error: xdist did
+    not run, not a failed test), again in one process."""
+    parallel = shlex.join([*tests, "-n", str(workers)])
+    return ["sh", "-c", f"{parallel}; rc=$?; if [ $rc -ge 2 ]; then echo \"[exit $rc in "
+            f"{workers} processes: again in one]\"; {shlex.join(tests)}; else exit $rc; fi"]
 
 
 def _bench(seconds: float, out: Path) -> list[list[str]]:
-    install = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-               "--no-compile", "--target", SITE, *map(str, sorted(WHEELS.glob("*.whl")))]
     # neural-tangents comes last in the benchmark, so a slow jax costs only its own rows
     bench = [sys.executable, "benchmarks/cntk_gpu.py", "--data-root", str(DATA),
              "--out", str(out / "cntk_gpu.json"), "--nt-seconds", "90"]
-    return [install, bench] if install[-1].endswith(".whl") else [bench]
+    return [*_install(NT_WHEELS), bench]
 
 
 def _inflate() -> list[str]:
@@ -180,7 +211,7 @@ def _pack_gap2k(out: Path, later: int) -> dict:
 
 STEPS = {s.name: s for s in (
     Step("pytest", "gpu_pytest.log", cap=200, need=60, commands=_pytest,
-         env=lambda: {"NTKCHECK_DATA": str(DATA)}),
+         env=lambda: {"NTKCHECK_DATA": str(DATA), "PYTHONPATH": SITE}),
     # the profile (~60 s) before the timings, which a short budget cuts at their last rows
     Step("profile", "cntk_ncu.log", cap=120, need=40, commands=_profile),
     Step("bench", "cntk_gpu.log", cap=300, need=60, commands=_bench,
@@ -452,9 +483,10 @@ def prepare(root: Path = ROOT, data: str | None = None, wheels: bool = True) -> 
     shutil.copy2(nc.data.data_root(data) / EXACT_SUBSET, root / DATA / EXACT_SUBSET)
     if not (root / PACKED_JPEG_SET).exists():
         compress(nc.data.data_root(data, JPEG_ZIP) / JPEG_ZIP, root / PACKED_JPEG_SET)
-    if wheels and not list((root / WHEELS).glob("*.whl")):
+    missing = [p for p in (*NT_WHEELS, *XDIST_WHEELS) if not _wheels([p], root / WHEELS)]
+    if wheels and missing:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--only-binary=:all:", "-d", str(root / WHEELS), *NT_WHEELS],
+                        "--only-binary=:all:", "-d", str(root / WHEELS), *missing],
                        check=True)
     if (root / SAVED_WORK).exists() and not (root / WORK).exists():
         _extract(root / SAVED_WORK, root)

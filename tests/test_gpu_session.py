@@ -330,6 +330,39 @@ def test_the_profile_step_falls_back_to_the_plain_profile(tmp_path, monkeypatch)
     assert (ROOT / "benchmarks" / "profile_cntk.py").is_file()
 
 
+@pytest.mark.parametrize(("parallel_exit", "calls", "rc"), [
+    (0, ["-n 3"], 0), (1, ["-n 3"], 1), (4, ["-n 3", ""], 0), (2, ["-n 3", ""], 0)])
+def test_the_gpu_tests_run_in_parallel_or_again_in_one_process(parallel_exit, calls, rc,
+                                                                tmp_path):
+    # a stand-in pytest: in parallel it exits as given, alone it passes; failed tests (1)
+    # are not run twice, xdist's own failures (2 and above) are
+    record = tmp_path / "calls.txt"
+    code = (f"import sys; open({str(record)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n'); "
+            f"sys.exit({parallel_exit} if '-n' in sys.argv else 0)")
+    command = gs.parallel_or_serial([sys.executable, "-c", code], 3)
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == rc
+    assert record.read_text().splitlines() == calls
+    assert ("again in one" in done.stdout) == (len(calls) == 2)
+
+
+def test_the_gpu_tests_take_xdist_only_where_its_wheels_were_carried(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (alone,) = gs._pytest(100, tmp_path)
+    assert alone[:5] == [sys.executable, "-m", "pytest", "-m", "gpu"] and "-n" not in alone
+    gs.WHEELS.mkdir(parents=True)
+    for name in ("pytest_xdist-3.8.0-py3-none-any.whl", "execnet-2.1.2-py3-none-any.whl",
+                 "frozendict-2.5.1-py3-none-any.whl"):
+        (gs.WHEELS / name).write_bytes(b"")
+    install, parallel = gs._pytest(100, tmp_path)
+    assert [Path(a).name for a in install if a.endswith(".whl")] == [
+        "pytest_xdist-3.8.0-py3-none-any.whl", "execnet-2.1.2-py3-none-any.whl"]
+    assert parallel[:2] == ["sh", "-c"] and f"-n {gs.TEST_WORKERS}" in parallel[2]
+    install, _ = gs._bench(100, tmp_path)  # the benchmark installs neural-tangents' alone
+    assert [Path(a).name for a in install if a.endswith(".whl")] == [
+        "frozendict-2.5.1-py3-none-any.whl"]
+
+
 def test_the_bench_step_names_only_options_the_benchmark_has(tmp_path):
     help_text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cntk_gpu.py"),
                                 "--help"], capture_output=True, text=True, check=True).stdout
