@@ -44,6 +44,13 @@ and on 32x32 images 16 MiB tiles ran 3-6x faster than 1 GiB ones (cache, page fa
 
 
 class Kernels(NamedTuple):
+    """The two kernels of one depth, (n1, n2) matrices: ``ntk``, the neural tangent kernel
+    (Eq. 9 for FC; the CNTK of Sec. 4 / H for CNN), which gradient descent on the trained
+    layers follows; and ``nngp``, the Gaussian-process kernel E[f(x) f(x')] of the network
+    at initialization (Sigma^(L) of Eq. 7 for FC, L = depth - 1 hidden layers; for CNN the
+    readout of the last layer's K).  With ``by_layer=True``, ``ntk`` is (depth, n1, n2):
+    weight layer h's term in row h - 1."""
+
     ntk: torch.Tensor
     nngp: torch.Tensor
 
