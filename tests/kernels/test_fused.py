@@ -57,6 +57,15 @@ def assert_close(got, want, yardstick=None):
         assert err <= allowed, (key, err, allowed)
 
 
+def read_stds_by(std_loads, monkeypatch):
+    """Have the kernel read the std planes by ``std_loads`` ("tma" or "pointers"); TMA is
+    skipped under an interpreter that cannot run tensor descriptors."""
+    if std_loads == "tma" and fused.interpreting() and \
+            fused.triton_version() < fused.INTERPRETER_TMA:
+        pytest.skip("this Triton's interpreter cannot run the tensor descriptors")
+    monkeypatch.setattr(fused, "STD_LOADS", std_loads)
+
+
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
 @pytest.mark.parametrize("fix_first_last", [False, True])
 @pytest.mark.parametrize("filter_size", [1, 3])
@@ -66,10 +75,7 @@ def test_matches_reference_on_small_images(pooling, fix_first_last, filter_size,
                                            std_loads, monkeypatch):
     # both ways of reading the std planes; a GAP slice's column shift is any 0..4, so the
     # tensor descriptors read the four shifted copies
-    if std_loads == "tma" and fused.interpreting() and \
-            fused.triton_version() < fused.INTERPRETER_TMA:
-        pytest.skip("this Triton's interpreter cannot run the tensor descriptors")
-    monkeypatch.setattr(fused, "STD_LOADS", std_loads)
+    read_stds_by(std_loads, monkeypatch)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 2, 4, 5, generator=g, dtype=torch.float64)
     z = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64) if cross else None
@@ -145,10 +151,7 @@ def test_images_that_fill_the_block_exactly(std_loads, monkeypatch):
     # every other test's images are padded to the block; CIFAR's 32 x 32 fill theirs, and
     # so do 16 x 16 ones: the loads, the std windows and the bands without a mask, the
     # packing boundary at the block's edge
-    if std_loads == "tma" and fused.interpreting() and \
-            fused.triton_version() < fused.INTERPRETER_TMA:
-        pytest.skip("this Triton's interpreter cannot run the tensor descriptors")
-    monkeypatch.setattr(fused, "STD_LOADS", std_loads)
+    read_stds_by(std_loads, monkeypatch)
     g = torch.Generator().manual_seed(8)
     x = torch.randn(1, 3, 16, 16, generator=g, dtype=torch.float64)
     z = torch.randn(1, 3, 16, 16, generator=g, dtype=torch.float64)
