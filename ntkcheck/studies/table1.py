@@ -314,8 +314,8 @@ def run_column(
                 "device": device_name(device)}
 
     parts = _test_chunks(len(test_labels), len(labels), column.pooling)
-    chunks: list[dict] = []
-    done: list[slice] = []  # the test images of ``chunks``
+    mine = parts if shard is None else parts[shard[0]::shard[1]]  # this process's, in turn
+    chunks: list[dict] = []  # those of mine[:len(chunks)]
 
     def in_time() -> None:
         took = chunks[-1]["seconds"] if chunks else 0.0  # the next chunk's likely time
@@ -323,7 +323,7 @@ def run_column(
             raise TimeLimitReached(
                 f"{column.name} stopped within its time limit: {len(chunks)} of {len(parts)}"
                 f" test chunks done, kept in {folder}"
-                + _preview(chunks, done, test_labels, depths))
+                + _preview(chunks, mine[:len(chunks)], test_labels, depths))
 
     def chunk_path(part: slice) -> Path | None:
         return None if folder is None else folder / "test" / f"scores_{part.start:07d}.pt"
@@ -332,9 +332,8 @@ def run_column(
         return _load_or_compute(chunk_path(part), fingerprint(x_test[part]),
                                 functools.partial(predict, part), in_time)
 
-    for part in parts if shard is None else parts[shard[0]::shard[1]]:
+    for part in mine:
         chunks.append(chunk(part))
-        done.append(part)
     if shard is not None:
         if shard[0] != 0:
             return []
