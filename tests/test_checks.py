@@ -53,7 +53,8 @@ def test_bad_architecture(make, error, words):
     (lambda: nc.CNN(depth=4).ntk(X, depths="ab"), ValueError, "depths"),
     (lambda: nc.CNN(depth=4).ntk(X, max_memory=0), ValueError, "max_memory must be >= 1"),
     (lambda: nc.CNN(depth=4, pooling="gap").ntk(X, max_memory=1000), ValueError,
-     "max_memory=1000 bytes is below"),
+     r"max_memory=1000 bytes is below the 20480 bytes that one pair of \(3, 4, 4\) "
+     "torch.float64 inputs needs"),  # (4 x 4)^2 position pairs x 8 bytes x 10 live fields
     (lambda: nc.CNN(depth=4).ntk(X, by_layer="yes"), TypeError, "by_layer must be True or False"),
     (lambda: nc.CNN(depth=4).ntk(X, by_layer=True, backend="triton"), ValueError,
      "backend='triton' cannot split the NTK by layer"),
