@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
+from scipy.linalg import expm
 
 import ntkcheck as nc
 from ntkcheck.regression import IllConditionedWarning, KernelRegression, kernel_regression
@@ -64,16 +65,35 @@ def test_large_t_approaches_t_infinity():
 
 
 def test_finite_t_handles_a_singular_kernel():
+    """Rank 2 of 6, entries ~1e6: eigh gives four eigenvalues of ~-1e-9 to 1e-9 (rounding),
+    which the positive semi-definite check must accept, being relative to the largest; on
+    the training points gradient flow gives (I - exp(-t K)) Y (Eq. 5's derivation)."""
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    k = x @ x.T  # rank 2
-    got = kernel_regression(k, torch.ones(6, dtype=torch.float64), k, t=2.0)
-    assert torch.isfinite(got).all()
+    k, y = 1e6 * x @ x.T, torch.ones(6, dtype=torch.float64)
+    t = 2e-6
+    got = kernel_regression(k, y, k, t=t)
+    literal = (np.eye(6) - expm(-t * k.numpy())) @ y.numpy()
+    np.testing.assert_allclose(got.numpy(), literal, rtol=1e-9, atol=1e-12)
+
+
+def test_finite_t_weights_integrate_the_flow_along_every_eigenvalue():
+    """alpha = int_0^t exp(-s K) ds Y, so along an eigenvalue that is exactly 0 (a diagonal
+    K's) it is t Y there; ``condition_`` is the eigenvalues' ratio, infinite for a singular K."""
+    t, y = 0.5, torch.ones(3, dtype=torch.float64)
+    model = KernelRegression(t=t).fit(torch.diag(torch.tensor([0.0, 1.0, 3.0],
+                                                               dtype=torch.float64)), y)
+    gains = [t, -np.expm1(-t), -np.expm1(-3 * t) / 3]
+    np.testing.assert_allclose(model.coef_.numpy(), gains, rtol=1e-14)
+    assert model.condition_ == float("inf")
+    diagonal = torch.diag(torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64))
+    assert KernelRegression(t=t).fit(diagonal, y).condition_ == 8.0
 
 
 def test_singular_kernel_needs_a_ridge_and_auto_finds_one():
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     k, y = x @ x.T, torch.randn(6, dtype=torch.float64)
-    with pytest.raises(ValueError, match="singular.*ridge="):
+    suggested = f"ridge={1e-6 * float(k.diagonal().mean()):.3g}, 1e-6 x mean diagonal"
+    with pytest.raises(ValueError, match=rf"singular.*{suggested}\) or ridge='auto'"):
         KernelRegression().fit(k, y)
     model = KernelRegression(ridge="auto").fit(k, y)
     assert model.ridge_ > 0 and model.condition_ <= 1e12
