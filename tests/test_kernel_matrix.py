@@ -203,10 +203,11 @@ def test_two_processes_share_one_folder(tmp_path, monkeypatch):
     torch.testing.assert_close(got[4].ntk, ARCH.ntk(images(8, 10)), rtol=1e-12, atol=0)
 
 
-def test_bad_shards():
+def test_bad_shards(tmp_path):
     for shard in [(3, 3), (-1, 2), [0, 1], (0, 1.0), (True, 2), (0,)]:
         with pytest.raises(ValueError, match=r"shard must be a tuple \(index, count\)"):
-            nc.kernel_tiles(ARCH, images(2, 5), out="unused", shard=shard)
+            nc.kernel_tiles(ARCH, images(2, 5), out=tmp_path, shard=shard)
+    assert not list(tmp_path.iterdir())  # refused before any file was written
 
 
 @pytest.mark.gpu
