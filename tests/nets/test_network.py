@@ -34,6 +34,7 @@ ARCHS = [
     (nc.CNN(depth=3, pooling="flatten"), (2, 5, 4)),
     (nc.CNN(depth=4, pooling="gap", fix_first_last=True), (2, 5, 4)),
     (nc.CNN(depth=3, pooling="gap", filter_size=1), (3, 4, 4)),
+    (nc.CNN(depth=3, pooling="gap", filter_size=5), (2, 5, 6)),  # padding 2, not 1
 ]
 
 
