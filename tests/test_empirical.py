@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import ntkcheck as nc
 from ntkcheck import empirical
@@ -334,3 +335,50 @@ def test_cuda_equals_cpu(implementation):
     close(nc.empirical_ntk(gpu, x.cuda(), implementation=implementation,
                            full_outputs=True).cpu(),
           nc.empirical_ntk(cpu, x, implementation=implementation, full_outputs=True))
+
+
+def counted_flops(run) -> int:
+    """Flops of the matrix products and convolutions ``run()`` performs, as torch counts them
+    (2 per multiply-add), with torch's own left-to-right order of multi-operand einsums."""
+    with torch.backends.opt_einsum.flags(enabled=False), FlopCounterMode(display=False) as count:
+        run()
+    return count.get_total_flops()
+
+
+@pytest.mark.parametrize(("arch", "shape"), [(nc.FC(depth=3), (7,)),
+                                             (nc.CNN(depth=3, pooling="flatten"), (3, 5, 6)),
+                                             (nc.CNN(depth=4, pooling="gap"), (2, 4, 4))])
+def test_the_cost_model_counts_a_forward_as_torch_does(arch, shape):
+    """"auto" picks an implementation by estimated flops, from the forward's per sample."""
+    net = arch.network(8, shape, seed=0)
+    x = torch.randn(3, *shape)
+    assert empirical._Profile(net, x).flops == counted_flops(lambda: net(x[:1]))
+
+
+@pytest.mark.parametrize(("layer", "a_shape", "k", "gradients"), [
+    (Dense(6, 5), (4, 6), 2, None),
+    (Conv(3, 4, 3), (4, 3, 5, 5), 2, True),
+    (Conv(16, 16, 3), (3, 16, 1, 2), 2, False),  # a tiny image: the patch correlation
+])
+def test_the_cost_model_counts_a_layers_ntk_as_torch_does(layer, a_shape, k, gradients):
+    """A layer's ``ntk_flops``: its features of n samples and their pairing over n^2 pairs."""
+    nn.init.normal_(layer.weight)
+    a = torch.randn(a_shape)
+    delta = torch.randn(a_shape[0], k, *layer(a).shape[1:])
+    if gradients is not None:
+        assert layer.holds_gradients(k, a_shape) == gradients
+
+    def features_and_pairs():
+        features = layer.ntk_features(a, delta)
+        layer.ntk(features, features)
+
+    n = a_shape[0]
+    assert layer.ntk_flops(n, n * n, k, a_shape) == counted_flops(features_and_pairs)
+
+
+def test_a_conv_holds_gradients_unless_the_image_is_tiny():
+    """The crossover its docstring gives: C = C' = 128, q = 3, k = 1, correlation for 10
+    positions or fewer."""
+    conv = Conv(128, 128, 3)
+    assert not conv.holds_gradients(1, (1, 128, 2, 5))
+    assert conv.holds_gradients(1, (1, 128, 1, 11))

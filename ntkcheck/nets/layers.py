@@ -77,11 +77,13 @@ class Conv(nn.Module):
     def _forms(self, samples: int, pairs: int, k: int, a_shape: tuple[int, ...]
                ) -> tuple[float, float]:
         """Flops of the gradient form (each of ``samples`` gradients, then a contraction
-        per pair) and of the patch-correlation form, over ``pairs`` sample pairs."""
+        per pair) and of the patch-correlation form, over ``pairs`` sample pairs: per pair
+        and position pair, the patches' product, the deltas' (k^2 of C' each) and the k^2
+        products of the two."""
         out, patch = self.weight.shape[0], self.weight[0].numel()
         positions = math.prod(a_shape[-2:])
         gradient = 2.0 * out * patch * k * (samples * positions + pairs * k)
-        correlation = 2.0 * pairs * positions**2 * (k * k * out + patch)
+        correlation = 2.0 * pairs * positions**2 * (k * k * (out + 1) + patch)
         return gradient, correlation
 
     def holds_gradients(self, k: int, a_shape: tuple[int, ...]) -> bool:
