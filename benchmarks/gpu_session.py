@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = Path("carry")
@@ -449,12 +450,19 @@ def _extract(tar_path: Path, root: Path) -> None:
         tar.extractall(root, filter="data")
 
 
+def _stream_whole(source: IO[bytes], target: Path,
+                  open_target: Callable[[Path], IO[bytes]]) -> None:
+    """The stream ``source`` into ``target`` opened by ``open_target``: whole or absent,
+    even if interrupted (written beside it, then renamed)."""
+    partial = target.with_name(target.name + ".partial")
+    with source, open_target(partial) as written:
+        shutil.copyfileobj(source, written, 2**20)
+    os.replace(partial, target)
+
+
 def compress(source: Path, target: Path) -> None:
     """``source`` compressed by xz into ``target`` (whole or absent, even if interrupted)."""
-    partial = target.with_name(target.name + ".partial")
-    with source.open("rb") as plain, lzma.open(partial, "wb") as packed:
-        shutil.copyfileobj(plain, packed, 2**20)
-    os.replace(partial, target)
+    _stream_whole(source.open("rb"), target, lambda path: lzma.open(path, "wb"))
 
 
 def inflate(root: Path = Path(".")) -> str:
@@ -464,10 +472,8 @@ def inflate(root: Path = Path(".")) -> str:
     target = root / JPEG_SET
     if target.is_file():
         return f"{JPEG_SET} is there"
-    partial = target.with_name(target.name + ".partial")
-    with lzma.open(root / PACKED_JPEG_SET) as packed, partial.open("wb") as plain:
-        shutil.copyfileobj(packed, plain, 2**20)  # xz checks what it decompresses
-    os.replace(partial, target)
+    # xz checks what it decompresses: a damaged pack raises, and no zip is left
+    _stream_whole(lzma.open(root / PACKED_JPEG_SET), target, lambda path: path.open("wb"))
     return f"{JPEG_SET} restored from {PACKED_JPEG_SET}: {target.stat().st_size} bytes"
 
 
