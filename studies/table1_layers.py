@@ -6,7 +6,7 @@ every such net's kernel, so this regresses with each of them on the same images.
 
     python studies/table1_layers.py --out DIR [--work DIR] [--data jpeg|exact]
         [--n-train 2000] [--n-test 2000] [--depths 3,4,6,11,21] [--dtype float64|float32]
-        [--tile 500] [--data-root DIR]
+        [--tile 500] [--data-root DIR] [--train-sizes 2000,5000]
 
 CNTK-V (flatten), the first ``--n-train`` training and ``--n-test`` test images,
 standardized with the training images' statistics (as ``ntkcheck reproduce table1``);
@@ -19,8 +19,12 @@ Columns: the accuracy; its difference from ``all``'s with the paired standard er
 predictions that differ from ``all``'s; the ridge; and how
 near the kernel is to a constant one: its mean off-diagonal training entry over its mean
 diagonal one (every layer's term has the same diagonal here, as FC's are all |x|^2).
-Writes DIR/layers.csv, layers.md and layers.png; ``--work`` keeps the kernel tiles, so a
-stopped run resumes.
+``--train-sizes`` adds rows regressed from only the first m of the training images (same
+test images, the same kernel pass: a trend with the training set's size for the price of
+one kernel; standardized with all ``--n-train`` images' statistics, so the m-image rows are
+not exactly that column's cells).  Writes DIR/layers.csv, layers.md and layers.png (the
+figure of the full training set); ``--work`` keeps the kernel tiles, so a stopped run
+resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ntkcheck.regression import KernelRegression
 from ntkcheck.studies._files import write_rows
 from ntkcheck.studies.table1 import label_targets, paired_difference, standardized_images
 
-FIELDS = ("depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
+FIELDS = ("n_train", "depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
           "changed_vs_all", "ridge", "offdiagonal_ratio")
 
 
@@ -49,6 +53,16 @@ def subsets(depth: int) -> list[tuple[str, list[int]]]:
     chosen += [(f"layer {h}", [h]) for h in range(1, depth + 1)]
     chosen += [(f"layers {h}..{depth}", list(range(h, depth + 1))) for h in range(2, depth)]
     return chosen
+
+
+def train_sizes(spec: str | None, n_train: int) -> list[int]:
+    """The training-set sizes to regress from, smallest first: those of ``spec`` (comma-
+    separated, each in 1..n_train) and n_train itself."""
+    sizes = [] if spec is None else [int(m) for m in spec.split(",")]
+    bad = [m for m in sizes if not 0 < m <= n_train]
+    if bad:
+        raise SystemExit(f"--train-sizes: {bad} are not in 1..{n_train} (--n-train)")
+    return sorted({*sizes, n_train})
 
 
 def span(layers: list[int]) -> str:
@@ -79,7 +93,7 @@ def rows_of_depth(depth: int, train: torch.Tensor, test: torch.Tensor, labels: n
         right = predicted == test_labels
         difference, error = paired_difference(right, first == test_labels)
         rows.append({
-            "depth": depth, "kernel": name, "layers": span(layers),
+            "n_train": len(labels), "depth": depth, "kernel": name, "layers": span(layers),
             "accuracy": f"{100 * float(np.mean(right)):.2f}",
             "minus_all": f"{difference:+.2f}", "standard_error": f"{error:.2f}",
             "changed_vs_all": int((predicted != first).sum()),
@@ -120,8 +134,9 @@ def figure(rows: list[dict[str, object]], path: Path, title: str) -> None:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| depth | kernel | layers | accuracy (%) | minus all | standard error | "
-             "changed vs all | ridge | off-diag / diag |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| train images | depth | kernel | layers | accuracy (%) | minus all | "
+             "standard error | changed vs all | ridge | off-diag / diag |",
+             "|---" * len(FIELDS) + "|"]
     lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -137,6 +152,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--tile", type=int, default=500)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--train-sizes", default=None,
+                        help="also regress from the first m training images, comma-separated")
     args = parser.parse_args()
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root, getattr(torch, args.dtype))
@@ -148,8 +165,9 @@ def main() -> None:
                          by_layer=True, out=None if args.work is None else args.work / part)
         for a, b, part in ((x, None, "train"), (z, x, "test")))
     seconds = time.perf_counter() - start
-    rows = [row for d in depths
-            for row in rows_of_depth(d, k_train[d], k_test[d], labels, test_labels)]
+    rows = [row for m in train_sizes(args.train_sizes, len(labels)) for d in depths
+            for row in rows_of_depth(d, k_train[d][:, :m, :m], k_test[d][:, :, :m],
+                                     labels[:m], test_labels)]
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / "layers.csv", FIELDS, rows)
     setting = (f"CNTK-V by layer, cifar10-{args.data}, {len(labels)} train / "
@@ -158,7 +176,7 @@ def main() -> None:
         f"# {setting}\n\nKernels in {args.dtype} on the CPU ({torch.get_num_threads()} "
         f"threads; {seconds:.0f} s for the kernels in this run, where tiles already in "
         f"--work are loaded, not computed), regressions in float64.\n\n" + table(rows))
-    figure(rows, args.out / "layers.png", setting)
+    figure([r for r in rows if r["n_train"] == len(labels)], args.out / "layers.png", setting)
     print(f"wrote {args.out}/layers.csv, layers.md and layers.png")
 
 

@@ -1,5 +1,6 @@
 """studies/table1_layers.py: each row regresses with the sum of exactly its layers' terms,
-and on CIFAR-10 images the readout's term alone is the NNGP and all terms are the NTK."""
+and on CIFAR-10 images the readout's term alone is the NNGP and all terms are the NTK, also
+from the first training images alone (--train-sizes)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ def test_each_row_regresses_with_its_layers_terms_alone():
     assert rows["fixed first and last"]["layers"] == "2-3"
 
 
+def test_train_sizes():
+    assert layers.train_sizes(None, 100) == [100]
+    assert layers.train_sizes("50,20,50", 100) == [20, 50, 100]
+    assert layers.train_sizes("100", 100) == [100]
+    for bad in ("0,20", "101"):
+        with pytest.raises(SystemExit, match=r"--train-sizes: \[(0|101)\] are not in "
+                                             r"1\.\.100 \(--n-train\)"):
+            layers.train_sizes(bad, 100)
+
+
 def test_offdiagonal_ratio():
     assert layers.offdiagonal_ratio(torch.ones(3, 3)) == 1
     assert layers.offdiagonal_ratio(torch.eye(3)) == 0
@@ -65,19 +76,21 @@ def test_on_cifar_the_readout_alone_is_the_nngp_and_all_the_ntk(tmp_path, monkey
     monkeypatch.setattr("sys.argv", [
         "table1_layers.py", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
         "--data", "exact", "--n-train", "24", "--n-test", "16", "--depths", "3,4",
-        "--tile", "10"])
+        "--tile", "10", "--train-sizes", "12"])
     try:
         layers.main()
     except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
         pytest.skip(str(missing))
     rows = list(csv.DictReader(open(tmp_path / "out" / "layers.csv")))
-    assert len(rows) == 6 + 8 and {"layers.md", "layers.png"} <= {
-        p.name for p in (tmp_path / "out").iterdir()}
+    assert [r["n_train"] for r in rows] == ["12"] * 14 + ["24"] * 14
+    assert {"layers.md", "layers.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     train, labels = nc.data.cifar10_exact("train", 24)
     test, test_labels = nc.data.cifar10_exact("test", 16)
     x, z = (nc.data.standardize(a, reference=train) for a in (train, test))
     arch = nc.CNN(depth=4, pooling="flatten")
-    for kernel, name in ((arch.nngp, "layer 4"), (arch.ntk, "all")):
-        got = predicted(kernel(x), kernel(z, x), labels)
-        row = next(r for r in rows if r["depth"] == "4" and r["kernel"] == name)
-        assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", name
+    for m in (12, 24):  # the first 12 keep all 24's statistics, as the docstring says
+        for kernel, name in ((arch.nngp, "layer 4"), (arch.ntk, "all")):
+            got = predicted(kernel(x[:m]), kernel(z, x[:m]), labels[:m])
+            row = next(r for r in rows if (r["n_train"], r["depth"], r["kernel"])
+                       == (str(m), "4", name))
+            assert row["accuracy"] == f"{100 * np.mean(got == test_labels):.2f}", (m, name)
