@@ -121,6 +121,47 @@ def test_register_cap_only_where_it_was_chosen(monkeypatch):
     assert cap(33) is cap(64) is cap(32, precision=2) is None
 
 
+@pytest.mark.parametrize("cross", [False, True], ids=["gram", "cross"])
+def test_four_std_copies_only_where_tma_reads_a_gap_partner(cross):
+    # a TMA window starts on 16 bytes, so a GAP slice's partner planes (shifted by any 0..3
+    # columns) come in four copies; the first side, flatten and pointer loads need one
+    x = torch.randn(3, 2, 4, 5)
+    z = torch.randn(2, 2, 4, 5) if cross else None
+
+    def copies(gap, tma):
+        launch = fused.launch_for(x, z, frozenset((3,)), filter_size=3, gap=gap,
+                                  fix_first_last=False, tma=tma)
+        return launch.std1.shape[0], launch.std2.shape[0]
+
+    assert copies(True, True) == ((1, 4) if cross else (4, 4))
+    assert copies(False, True) == copies(True, False) == copies(False, False) == (1, 1)
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["flatten", "gap"])
+def test_std_planes_hold_each_images_scaled_stds_shifted_by_their_copy(extended):
+    # each image and its stds times a power of two that puts its largest std in [1/2, 1);
+    # copy c shifted left by c columns, zeros after; rows padded to a multiple of 4
+    # columns (16 bytes); a GAP slice's planes and images repeated twice along both axes
+    stds = torch.rand(2, 3, 4, 6, dtype=torch.float64) + 0.1
+    stds[0] *= 1e3
+    stds[1] *= 1e-3
+    x = torch.randn(2, 1, 4, 6)
+    images, planes, scales = fused._kernel_inputs(x, stds, extended, copies=4)
+    exponents = torch.log2(scales)
+    assert torch.equal(exponents, exponents.round())
+    scaled = stds * scales[:, None, None, None]
+    assert ((scaled.amax(dim=(1, 2, 3)) >= 0.5) & (scaled.amax(dim=(1, 2, 3)) < 1)).all()
+    want_x = x * scales.float()[:, None, None, None]
+    if extended:
+        scaled, want_x = scaled.repeat(1, 1, 2, 2), want_x.repeat(1, 1, 2, 2)
+    width = scaled.shape[-1]
+    assert planes.shape == (4, *scaled.shape[:-1], -(-width // 4) * 4)
+    assert torch.equal(images, want_x)
+    for c in range(4):
+        assert torch.equal(planes[c, ..., :width - c], scaled[..., c:].float())
+        assert (planes[c, ..., width - c:] == 0).all()
+
+
 @pytest.mark.parametrize("pooling", ["flatten", "gap"])
 def test_one_convolution_alone(pooling):
     # depth 2 (one convolution, then the readout): the kernel's own branch, no layer loop
