@@ -107,6 +107,22 @@ def test_every_set_of_depths_read_out(depths, unrolled, precision, monkeypatch):
                  both(arch, x, z, depths, backend="torch"))
 
 
+def test_more_than_four_readouts_between_take_one_loop_that_sums_every_layer():
+    # UNROLLED_READOUTS counts the requested depths strictly between 2 (read out before any
+    # loop) and the deepest; Table 1's pass stays unrolled, CNTK-V's every depth does not
+    x = torch.randn(2, 1, 4, 5)
+
+    def sums_every_layer(depths):
+        return fused.launch_for(x, None, frozenset(depths), filter_size=3, gap=True,
+                                fix_first_last=False, tma=False).options["SUM_EVERY_LAYER"]
+
+    assert fused.UNROLLED_READOUTS == 4
+    assert not sums_every_layer((2, 3, 4, 5, 6, 8))
+    assert sums_every_layer((3, 4, 5, 6, 7, 9))
+    assert not sums_every_layer((3, 4, 6, 11, 21))
+    assert sums_every_layer(range(3, 22))
+
+
 def test_register_cap_only_where_it_was_chosen(monkeypatch):
     # MAX_REGISTERS was chosen for fp16 products on slices of up to 32 x 32; at 64 x 64 or
     # with the tf32 split the compiler's own choice spills far less
