@@ -226,6 +226,14 @@ def test_wide_filter_and_padded_block():
                  both(arch, x, depths=(2, 3), backend="torch"))
 
 
+def test_either_side_above_64_is_named():
+    # tall and wide images alike: a slice is held in registers up to 64 x 64
+    for shape in ((1, 1, 65, 8), (1, 1, 8, 65)):
+        reason = fused.unsupported_reason(torch.zeros(shape, device=DEVICE))
+        assert reason == f"images larger than 64x64 are not supported; got {shape[2:]}"
+    assert fused.unsupported_reason(torch.zeros(1, 1, 64, 64, device=DEVICE)) is None
+
+
 def test_gram_diagonal_is_exact_at_depth():
     # rho = 1 on a Gram's own displacement-0 slice is imposed, not left to rounding: with
     # rho a few ulps below 1 the NTK diagonal would be off by ~sqrt(ulps * eps) ~ 1e-4.
