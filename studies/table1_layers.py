@@ -158,6 +158,7 @@ def main() -> None:
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root, getattr(torch, args.dtype))
     depths = sorted(int(d) for d in args.depths.split(","))
+    sizes = train_sizes(args.train_sizes, len(labels))  # refused before the kernels, not after
     arch = nc.CNN(depth=max(depths), pooling="flatten")
     start = time.perf_counter()
     k_train, k_test = (
@@ -165,7 +166,7 @@ def main() -> None:
                          by_layer=True, out=None if args.work is None else args.work / part)
         for a, b, part in ((x, None, "train"), (z, x, "test")))
     seconds = time.perf_counter() - start
-    rows = [row for m in train_sizes(args.train_sizes, len(labels)) for d in depths
+    rows = [row for m in sizes for d in depths
             for row in rows_of_depth(d, k_train[d][:, :m, :m], k_test[d][:, :, :m],
                                      labels[:m], test_labels)]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -166,7 +166,8 @@ def test_std_planes_hold_each_images_scaled_stds_shifted_by_their_copy(extended)
     exponents = torch.log2(scales)
     assert torch.equal(exponents, exponents.round())
     scaled = stds * scales[:, None, None, None]
-    assert ((scaled.amax(dim=(1, 2, 3)) >= 0.5) & (scaled.amax(dim=(1, 2, 3)) < 1)).all()
+    largest = scaled.amax(dim=(1, 2, 3))
+    assert ((largest >= 0.5) & (largest < 1)).all()
     want_x = x * scales.float()[:, None, None, None]
     if extended:
         scaled, want_x = scaled.repeat(1, 1, 2, 2), want_x.repeat(1, 1, 2, 2)
