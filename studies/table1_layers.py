@@ -39,7 +39,12 @@ import torch
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
 from ntkcheck.studies._files import write_rows
-from ntkcheck.studies.table1 import label_targets, paired_difference, standardized_images
+from ntkcheck.studies.table1 import (
+    label_targets,
+    paired_difference,
+    standardized_images,
+    train_sizes,
+)
 
 FIELDS = ("n_train", "depth", "kernel", "layers", "accuracy", "minus_all", "standard_error",
           "changed_vs_all", "ridge", "offdiagonal_ratio")
@@ -53,16 +58,6 @@ def subsets(depth: int) -> list[tuple[str, list[int]]]:
     chosen += [(f"layer {h}", [h]) for h in range(1, depth + 1)]
     chosen += [(f"layers {h}..{depth}", list(range(h, depth + 1))) for h in range(2, depth)]
     return chosen
-
-
-def train_sizes(spec: str | None, n_train: int) -> list[int]:
-    """The training-set sizes to regress from, smallest first: those of ``spec`` (comma-
-    separated, each in 1..n_train) and n_train itself."""
-    sizes = [] if spec is None else [int(m) for m in spec.split(",")]
-    bad = [m for m in sizes if not 0 < m <= n_train]
-    if bad:
-        raise SystemExit(f"--train-sizes: {bad} are not in 1..{n_train} (--n-train)")
-    return sorted({*sizes, n_train})
 
 
 def span(layers: list[int]) -> str:

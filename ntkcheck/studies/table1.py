@@ -101,6 +101,22 @@ def paired_difference(right: np.ndarray, right_reference: np.ndarray) -> tuple[f
     return 100 * (only - only_reference) / n, 100 * (only + only_reference) ** 0.5 / n
 
 
+def train_sizes(spec: str | None, n_train: int) -> list[int]:
+    """The training-set sizes a study regresses from, smallest first: those of ``spec``
+    (its ``--train-sizes``, comma-separated, each in 1..n_train) and n_train itself.  The
+    first m training images' kernel is the top-left block of the whole set's, so one kernel
+    pass gives a trend with the training set's size."""
+    try:
+        sizes = [] if spec is None else [int(m) for m in spec.split(",")]
+    except ValueError:
+        raise SystemExit(f"--train-sizes: {spec!r} is not a comma-separated list of "
+                         f"whole numbers") from None
+    bad = [m for m in sizes if not 0 < m <= n_train]
+    if bad:
+        raise SystemExit(f"--train-sizes: {bad} are not in 1..{n_train} (--n-train)")
+    return sorted({*sizes, n_train})
+
+
 def _count(wanted: int, cap: int | None, available: int) -> int:
     return min(wanted, available, wanted if cap is None else cap)
 

@@ -332,3 +332,16 @@ def test_paired_difference_counts_the_images_right_with_one_kernel_only():
     assert difference == pytest.approx(100 * (2 - 1) / 5)
     assert error == pytest.approx(100 * 3**0.5 / 5)
     assert table1.paired_difference(right, right) == (0.0, 0.0)
+
+
+def test_train_sizes_are_sorted_and_end_with_the_whole_set():
+    assert table1.train_sizes(None, 100) == [100]
+    assert table1.train_sizes("50,20,50", 100) == [20, 50, 100]
+    assert table1.train_sizes("100", 100) == [100]
+    for bad in ("0,20", "101"):
+        with pytest.raises(SystemExit, match=r"--train-sizes: \[(0|101)\] are not in "
+                                             r"1\.\.100 \(--n-train\)"):
+            table1.train_sizes(bad, 100)
+    for bad in ("2k", "20,", "1.5"):
+        with pytest.raises(SystemExit, match="--train-sizes: .* is not a comma-separated"):
+            table1.train_sizes(bad, 100)

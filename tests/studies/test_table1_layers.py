@@ -56,16 +56,6 @@ def test_each_row_regresses_with_its_layers_terms_alone():
     assert rows["fixed first and last"]["layers"] == "2-3"
 
 
-def test_train_sizes():
-    assert layers.train_sizes(None, 100) == [100]
-    assert layers.train_sizes("50,20,50", 100) == [20, 50, 100]
-    assert layers.train_sizes("100", 100) == [100]
-    for bad in ("0,20", "101"):
-        with pytest.raises(SystemExit, match=r"--train-sizes: \[(0|101)\] are not in "
-                                             r"1\.\.100 \(--n-train\)"):
-            layers.train_sizes(bad, 100)
-
-
 def test_offdiagonal_ratio():
     assert layers.offdiagonal_ratio(torch.ones(3, 3)) == 1
     assert layers.offdiagonal_ratio(torch.eye(3)) == 0
