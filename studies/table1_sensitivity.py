@@ -4,14 +4,17 @@ the paper's).
 
 The flatten CNTK (all layers trained) of the requested depths; then, per depth: the Gram
 matrix's condition number (``KernelRegression``'s estimate, and eigvalsh up to
-``--eigvalsh-max`` images); the accuracy with the kernels rounded to float32; with relative
-noise eps |K| on every entry (symmetric, ``--seeds`` draws); and with ridges (multiples of
-the mean diagonal).
+``--eigvalsh-max`` images, which also give the smallest eigenvalue over the mean
+diagonal); the accuracy with the kernels rounded to float32; with relative noise eps |K| on
+every entry (symmetric, ``--seeds`` draws); and with ridges (multiples of the mean
+diagonal).  ``--train-sizes`` repeats all of it for the first m training images
+alone (the same test images and kernel pass; standardized with all ``--n-train`` images'
+statistics): how the conditioning and the sensitivity grow with the training set.
 
     python studies/table1_sensitivity.py --out FILE [--work DIR] [--data exact|jpeg]
         [--n-train N] [--n-test N] [--depths 3,4] [--dtype float64|float32] [--tile T]
         [--device cpu|cuda] [--data-root DIR] [--noise 1e-6,...] [--ridges 1e-6,...]
-        [--seeds S] [--eigvalsh-max N]
+        [--seeds S] [--eigvalsh-max N] [--train-sizes 2000,5000]
 
 ``--work`` keeps the kernel tiles (resumable; without it they stay in memory).  Defaults:
 the exact-pixel subset (5,085 training, 1,017 test images), depths 3 and 4, float64 on the
@@ -32,7 +35,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets, standardized_images
+from ntkcheck.studies.table1 import label_targets, standardized_images, train_sizes
 
 NOISE = "1e-6,1e-5,1e-4,1e-3"
 RIDGES = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
@@ -47,8 +50,8 @@ def predictions(k_train, k_test, labels, ridge=0.0):
 
 
 def perturbed(k: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """k + eps |k| E with E symmetric standard normal (the diagonal blocks' (G + G^T) / sqrt 2
-    keeps their variance), drawn block by block, so a large Gram needs one copy, not three."""
+    """k + eps |k| E with E symmetric, every entry standard normal (a diagonal block's upper
+    triangle mirrored), drawn block by block, so a large Gram needs one copy, not three."""
     out = k.clone()
     n = k.shape[0]
     for i in range(0, n, BLOCK):
@@ -57,7 +60,7 @@ def perturbed(k: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor
             e = torch.randn(out[rows, cols].shape, generator=gen, dtype=k.dtype,
                             device=k.device)
             if i == j:
-                e = (e + e.T) / 2**0.5
+                e = e.triu() + e.triu(1).T
             out[rows, cols] += eps * k[rows, cols].abs() * e
             if i != j:
                 out[cols, rows] += eps * k[cols, rows].abs() * e.T
@@ -70,6 +73,47 @@ def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
     if base is not None:
         found["predictions_changed"] = int((predicted != base).sum())
     return found
+
+
+def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
+                test_labels: np.ndarray, args: argparse.Namespace,
+                round_to_float32: bool) -> dict:
+    """The cell of the float64 Gram ``k`` and test-by-train ``kt``, the Gram's condition
+    number, and the cells of the same kernels rounded to float32 (if ``round_to_float32``),
+    with relative noise and with ridges, each with the predictions it changes."""
+    base, model = predictions(k, kt, labels)
+    scale = float(k.diagonal().mean())
+    condition = smallest = None
+    if len(labels) <= args.eigvalsh_max:
+        eigenvalues = torch.linalg.eigvalsh(k)
+        condition = float(eigenvalues[-1] / eigenvalues[0])
+        smallest = float(eigenvalues[0]) / scale
+        del eigenvalues
+    row = {
+        "n_train": len(labels), "n_test": len(test_labels),
+        **cell(k, kt, labels, test_labels),
+        "condition_eigvalsh": condition,
+        "smallest_eigenvalue_over_mean_diagonal": smallest,
+        "condition_estimate": model.condition_,
+        "float32_kernels": cell(k.float().double(), kt.float().double(), labels,
+                                test_labels, base) if round_to_float32 else None,
+        "relative_noise": {},
+        "ridge_over_mean_diagonal": {f"{r:g}": cell(k, kt, labels, test_labels, base,
+                                                    r * scale)
+                                     for r in map(float, args.ridges.split(","))},
+    }
+    for eps in map(float, args.noise.split(",")):
+        runs = []
+        for seed in range(args.seeds):
+            g = torch.Generator(k.device).manual_seed(seed)
+            noisy = perturbed(k, eps, g)
+            noisy_test = kt + eps * kt.abs() * torch.randn(
+                kt.shape, generator=g, dtype=kt.dtype, device=kt.device)
+            runs.append(cell(noisy, noisy_test, labels, test_labels, base))
+            del noisy, noisy_test
+        row["relative_noise"][f"{eps:g}"] = {
+            key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    return row
 
 
 def main() -> None:
@@ -91,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="noise draws per level")
     parser.add_argument("--eigvalsh-max", type=int, default=10_000,
                         help="largest training set whose eigenvalues are computed")
+    parser.add_argument("--train-sizes", default=None,
+                        help="also the first m training images alone, comma-separated")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -98,6 +144,7 @@ def main() -> None:
     tile = args.tile or (4096 if cuda else 1024)
     x, labels, z, test_labels = standardized_images(args.data, args.n_train, args.n_test,
                                                     args.data_root, dtype)
+    sizes = train_sizes(args.train_sizes, len(labels))  # refused before the kernels
     x, z = x.to(device), z.to(device)
     depths = tuple(int(d) for d in args.depths.split(","))
     arch = nc.CNN(depth=max(depths), pooling="flatten")
@@ -111,39 +158,13 @@ def main() -> None:
         # one depth at a time on the device, in float64: a 50k Gram is 20 GB there
         k = k_train.pop(depth).to(device, torch.float64)
         kt = k_test.pop(depth).to(device, torch.float64)
-        base, model = predictions(k, kt, labels)
-        scale = float(k.diagonal().mean())
-        condition = None
-        if len(labels) <= args.eigvalsh_max:
-            eigenvalues = torch.linalg.eigvalsh(k)
-            condition = float(eigenvalues[-1] / eigenvalues[0])
-            del eigenvalues
-        row = {
-            "depth": depth, "n_train": len(labels), "n_test": len(test_labels),
-            **cell(k, kt, labels, test_labels),
-            "condition_eigvalsh": condition,
-            "condition_estimate": model.condition_,
+        for m in sizes:
             # kernels computed in float32 already are: no need to round them again
-            "float32_kernels": None if dtype == torch.float32 else cell(
-                k.float().double(), kt.float().double(), labels, test_labels, base),
-            "relative_noise": {},
-            "ridge_over_mean_diagonal": {f"{r:g}": cell(k, kt, labels, test_labels, base,
-                                                        r * scale)
-                                         for r in map(float, args.ridges.split(","))},
-        }
-        for eps in map(float, args.noise.split(",")):
-            runs = []
-            for seed in range(args.seeds):
-                g = torch.Generator(device).manual_seed(seed)
-                noisy = perturbed(k, eps, g)
-                noisy_test = kt + eps * kt.abs() * torch.randn(
-                    kt.shape, generator=g, dtype=kt.dtype, device=device)
-                runs.append(cell(noisy, noisy_test, labels, test_labels, base))
-                del noisy, noisy_test
-            row["relative_noise"][f"{eps:g}"] = {
-                key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            rows.append({"depth": depth, **sensitivity(
+                k[:m, :m].contiguous(), kt[:, :m].contiguous(), labels[:m], test_labels,
+                args, round_to_float32=dtype != torch.float32)})
+            print(json.dumps(rows[-1]), flush=True)
+        del k, kt
     implementation = "fused kernel" if cuda and dtype == torch.float32 else "torch reference"
     precision = str(dtype).removeprefix("torch.")
     result = {"study": "table1_sensitivity",
