@@ -2,14 +2,15 @@
 behind Table 1's CNTK-V gap at depths 3 and 4 (our 50k cells are 1.8 and 1.6 points under
 the paper's).
 
-The flatten CNTK (all layers trained) of the requested depths; then, per depth: the Gram
-matrix's condition number (``KernelRegression``'s estimate, and eigvalsh up to
-``--eigvalsh-max`` images, which also give the smallest eigenvalue over the mean
-diagonal); the accuracy with the kernels rounded to float32; with relative noise eps |K| on
-every entry (symmetric, ``--seeds`` draws); and with ridges (multiples of the mean
-diagonal).  ``--train-sizes`` repeats all of it for the first m training images
-alone (the same test images and kernel pass; standardized with all ``--n-train`` images'
-statistics): how the conditioning and the sensitivity grow with the training set.
+The flatten CNTK (all layers trained) of the requested depths; then, per depth: the
+accuracy and the predicted classes of the test images; the Gram matrix's condition number
+(``KernelRegression``'s estimate, and eigvalsh up to ``--eigvalsh-max`` images, which also
+give the smallest eigenvalue over the mean diagonal); the accuracy with the kernels rounded
+to float32; with relative noise eps |K| on every entry (symmetric, ``--seeds`` draws); and
+with ridges (multiples of the mean diagonal).  ``--train-sizes`` repeats all of it for the
+first m training images alone (the same test images and kernel pass; standardized with all
+``--n-train`` images' statistics): how the conditioning and the sensitivity grow with the
+training set.
 
     python studies/table1_sensitivity.py --out FILE [--work DIR] [--data exact|jpeg]
         [--n-train N] [--n-test N] [--depths 3,4] [--dtype float64|float32] [--tile T]
@@ -101,6 +102,8 @@ def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
         "ridge_over_mean_diagonal": {f"{r:g}": cell(k, kt, labels, test_labels, base,
                                                     r * scale)
                                      for r in map(float, args.ridges.split(","))},
+        # so that runs with kernels of another precision compare prediction by prediction
+        "predicted_classes": base.tolist(),
     }
     for eps in map(float, args.noise.split(",")):
         runs = []
@@ -163,7 +166,8 @@ def main() -> None:
             rows.append({"depth": depth, **sensitivity(
                 k[:m, :m].contiguous(), kt[:, :m].contiguous(), labels[:m], test_labels,
                 args, round_to_float32=dtype != torch.float32)})
-            print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items()
+                              if k != "predicted_classes"}), flush=True)
         del k, kt
     implementation = "fused kernel" if cuda and dtype == torch.float32 else "torch reference"
     precision = str(dtype).removeprefix("torch.")

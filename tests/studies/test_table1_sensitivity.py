@@ -52,6 +52,7 @@ def test_each_cell_is_the_regression_it_names():
     row = sensitivity.sensitivity(k, kt, labels, test_labels, args, round_to_float32=True)
     base = solved(k, kt, labels)
     assert row["accuracy"] == round(100 * np.mean(base == test_labels), 2)
+    assert row["predicted_classes"] == base.tolist()
     assert (row["n_train"], row["n_test"]) == (n, m)
     eigenvalues = np.linalg.eigvalsh(k.numpy())
     assert row["condition_eigvalsh"] == pytest.approx(eigenvalues[-1] / eigenvalues[0])
