@@ -10,12 +10,14 @@ to float32; with relative noise eps |K| on every entry (symmetric, ``--seeds`` d
 with ridges (multiples of the mean diagonal).  ``--train-sizes`` repeats all of it for the
 first m training images alone (the same test images and kernel pass; standardized with all
 ``--n-train`` images' statistics): how the conditioning and the sensitivity grow with the
-training set.
+training set.  ``--against FILE`` (this script's JSON of a run on the same images with
+kernels of another precision) adds to each row its accuracy minus that run's, with the
+paired standard error, and the predictions that differ.
 
     python studies/table1_sensitivity.py --out FILE [--work DIR] [--data exact|jpeg]
         [--n-train N] [--n-test N] [--depths 3,4] [--dtype float64|float32] [--tile T]
         [--device cpu|cuda] [--data-root DIR] [--noise 1e-6,...] [--ridges 1e-6,...]
-        [--seeds S] [--eigvalsh-max N] [--train-sizes 2000,5000]
+        [--seeds S] [--eigvalsh-max N] [--train-sizes 2000,5000] [--against FILE]
 
 ``--work`` keeps the kernel tiles (resumable; without it they stay in memory).  Defaults:
 the exact-pixel subset (5,085 training, 1,017 test images), depths 3 and 4, float64 on the
@@ -36,7 +38,12 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.regression import KernelRegression
-from ntkcheck.studies.table1 import label_targets, standardized_images, train_sizes
+from ntkcheck.studies.table1 import (
+    label_targets,
+    paired_difference,
+    standardized_images,
+    train_sizes,
+)
 
 NOISE = "1e-6,1e-5,1e-4,1e-3"
 RIDGES = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
@@ -119,6 +126,32 @@ def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
     return row
 
 
+def reference_predictions(path: Path) -> dict[tuple[int, int, int], np.ndarray]:
+    """The predicted classes of each row of an earlier run's JSON, by (depth, n_train,
+    n_test)."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        return {(r["depth"], r["n_train"], r["n_test"]): np.array(r["predicted_classes"])
+                for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--against: {path} is not a JSON of this script with predicted "
+                         f"classes ({error})") from None
+
+
+def against(row: dict, reference: dict[tuple[int, int, int], np.ndarray],
+            test_labels: np.ndarray) -> dict | None:
+    """This row's accuracy minus the reference run's on the same cell, with its paired
+    standard error, and the predictions that differ; None if the reference lacks the cell."""
+    theirs = reference.get((row["depth"], row["n_train"], row["n_test"]))
+    if theirs is None:
+        return None
+    mine = np.array(row["predicted_classes"])
+    difference, error = paired_difference(mine == test_labels, theirs == test_labels)
+    return {"accuracy_minus_reference": round(difference, 2),
+            "standard_error": round(error, 2),
+            "predictions_changed": int((mine != theirs).sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=None, help="folder for the kernel tiles")
@@ -140,7 +173,11 @@ def main() -> None:
                         help="largest training set whose eigenvalues are computed")
     parser.add_argument("--train-sizes", default=None,
                         help="also the first m training images alone, comma-separated")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="a JSON of this script on the same images, kernels of another "
+                             "precision: each row counts the predictions that differ")
     args = parser.parse_args()
+    reference = None if args.against is None else reference_predictions(args.against)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = getattr(torch, args.dtype or ("float32" if cuda else "float64"))
@@ -166,6 +203,8 @@ def main() -> None:
             rows.append({"depth": depth, **sensitivity(
                 k[:m, :m].contiguous(), kt[:, :m].contiguous(), labels[:m], test_labels,
                 args, round_to_float32=dtype != torch.float32)})
+            if reference is not None:
+                rows[-1]["against"] = against(rows[-1], reference, test_labels)
             print(json.dumps({k: v for k, v in rows[-1].items()
                               if k != "predicted_classes"}), flush=True)
         del k, kt

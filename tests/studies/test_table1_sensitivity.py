@@ -109,3 +109,44 @@ def test_train_sizes_are_refused_before_the_kernels(tmp_path, monkeypatch):
             sensitivity.main()
     except FileNotFoundError as missing:
         pytest.skip(str(missing))
+
+
+def test_against_compares_a_run_with_another_prediction_by_prediction(tmp_path, monkeypatch):
+    common = ["table1_sensitivity.py", "--data", "exact", "--n-train", "20", "--n-test", "16",
+              "--depths", "3", "--tile", "10", "--train-sizes", "8", "--noise", "1e-6",
+              "--ridges", "1e-2", "--seeds", "1"]
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    monkeypatch.setattr("sys.argv", [*common, "--out", str(first)])
+    try:
+        sensitivity.main()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    # the first run's predictions, changed at three images, stand for another precision's
+    written = json.loads(first.read_text())
+    for row in written["rows"]:
+        row["predicted_classes"][:3] = [(c + 1) % 10 for c in row["predicted_classes"][:3]]
+    first.write_text(json.dumps(written))
+    monkeypatch.setattr("sys.argv", [*common, "--out", str(second), "--against", str(first)])
+    sensitivity.main()
+    _, test_labels = nc.data.cifar10_exact("test", 16)
+    for mine, theirs in zip(json.loads(second.read_text())["rows"], written["rows"],
+                            strict=True):
+        a, b = np.array(mine["predicted_classes"]), np.array(theirs["predicted_classes"])
+        assert mine["against"]["predictions_changed"] == 3
+        right, right_theirs = a == test_labels, b == test_labels
+        assert mine["against"]["accuracy_minus_reference"] == round(
+            100 * (right.mean() - right_theirs.mean()), 2)
+        assert mine["against"]["standard_error"] == round(
+            100 * (right != right_theirs).sum() ** 0.5 / 16, 2)
+
+
+def test_against_a_file_that_is_not_a_run_is_refused_before_the_kernels(tmp_path,
+                                                                        monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [{"depth": 3}]}')
+    monkeypatch.setattr("sys.argv", [
+        "table1_sensitivity.py", "--out", str(tmp_path / "s.json"), "--against", str(bad)])
+    monkeypatch.setattr(sensitivity, "standardized_images",
+                        lambda *a, **k: pytest.fail("images loaded"))
+    with pytest.raises(SystemExit, match=r"--against: .*bad\.json is not a JSON of this"):
+        sensitivity.main()
