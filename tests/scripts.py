@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,3 +20,13 @@ def load_script(path: str) -> ModuleType:
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # for dataclasses
     spec.loader.exec_module(module)
     return module
+
+
+def run_main(script: ModuleType, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
+    """``script.main()`` with ``argv`` as its command line; the test is skipped where the
+    CIFAR-10 files it reads are not beside the project (a missing file names itself)."""
+    monkeypatch.setattr("sys.argv", [Path(str(script.__file__)).name, *argv])
+    try:
+        script.main()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))

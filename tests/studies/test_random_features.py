@@ -13,7 +13,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.studies.table1 import label_targets
-from tests.scripts import load_script
+from tests.scripts import load_script, run_main
 
 features = load_script("studies/random_features.py")
 
@@ -24,14 +24,10 @@ def predicted(k_train, k_test, labels):
 
 
 def run(tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", [
-        "random_features.py", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
-        "--data", "exact", "--n-train", "24", "--n-test", "16", "--depth", "3",
-        "--widths", "4,8", "--seeds", "2", "--max-memory-gib", "0.001"])
-    try:
-        features.main()
-    except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
-        pytest.skip(str(missing))
+    run_main(features, monkeypatch,
+             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), "--data", "exact",
+             "--n-train", "24", "--n-test", "16", "--depth", "3", "--widths", "4,8",
+             "--seeds", "2", "--max-memory-gib", "0.001")
     return list(csv.DictReader(open(tmp_path / "out" / "random_features.csv")))
 
 

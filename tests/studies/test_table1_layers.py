@@ -12,7 +12,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.studies.table1 import label_targets
-from tests.scripts import load_script
+from tests.scripts import load_script, run_main
 
 layers = load_script("studies/table1_layers.py")
 
@@ -63,14 +63,10 @@ def test_offdiagonal_ratio():
 
 
 def test_on_cifar_the_readout_alone_is_the_nngp_and_all_the_ntk(tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", [
-        "table1_layers.py", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
-        "--data", "exact", "--n-train", "24", "--n-test", "16", "--depths", "3,4",
-        "--tile", "10", "--train-sizes", "12"])
-    try:
-        layers.main()
-    except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
-        pytest.skip(str(missing))
+    run_main(layers, monkeypatch,
+             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), "--data", "exact",
+             "--n-train", "24", "--n-test", "16", "--depths", "3,4", "--tile", "10",
+             "--train-sizes", "12")
     rows = list(csv.DictReader(open(tmp_path / "out" / "layers.csv")))
     assert [r["n_train"] for r in rows] == ["12"] * 14 + ["24"] * 14
     assert {"layers.md", "layers.png"} <= {p.name for p in (tmp_path / "out").iterdir()}

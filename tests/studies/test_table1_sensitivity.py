@@ -12,7 +12,7 @@ import torch
 
 import ntkcheck as nc
 from ntkcheck.studies.table1 import label_targets
-from tests.scripts import load_script
+from tests.scripts import load_script, run_main
 
 sensitivity = load_script("studies/table1_sensitivity.py")
 
@@ -75,14 +75,10 @@ def test_each_cell_is_the_regression_it_names():
 
 def test_on_cifar_train_sizes_regress_from_the_first_images_alone(tmp_path, monkeypatch):
     out = tmp_path / "sensitivity.json"
-    monkeypatch.setattr("sys.argv", [
-        "table1_sensitivity.py", "--out", str(out), "--data", "exact", "--n-train", "24",
-        "--n-test", "16", "--depths", "3", "--tile", "10", "--train-sizes", "12",
-        "--noise", "1e-6", "--ridges", "1e-2", "--seeds", "1"])
-    try:
-        sensitivity.main()
-    except FileNotFoundError as missing:  # no CIFAR-10 files beside the project
-        pytest.skip(str(missing))
+    run_main(sensitivity, monkeypatch,
+             "--out", str(out), "--data", "exact", "--n-train", "24", "--n-test", "16",
+             "--depths", "3", "--tile", "10", "--train-sizes", "12", "--noise", "1e-6",
+             "--ridges", "1e-2", "--seeds", "1")
     rows = json.loads(out.read_text())["rows"]
     assert [(r["depth"], r["n_train"], r["n_test"]) for r in rows] == [(3, 12, 16),
                                                                         (3, 24, 16)]
@@ -100,34 +96,24 @@ def test_on_cifar_train_sizes_regress_from_the_first_images_alone(tmp_path, monk
 
 
 def test_train_sizes_are_refused_before_the_kernels(tmp_path, monkeypatch):
-    monkeypatch.setattr("sys.argv", [
-        "table1_sensitivity.py", "--out", str(tmp_path / "s.json"), "--data", "exact",
-        "--n-train", "24", "--n-test", "16", "--train-sizes", "30"])
     monkeypatch.setattr(nc, "kernel_matrix", lambda *a, **k: pytest.fail("kernels ran"))
-    try:
-        with pytest.raises(SystemExit, match=r"--train-sizes: \[30\] are not in 1\.\.24"):
-            sensitivity.main()
-    except FileNotFoundError as missing:
-        pytest.skip(str(missing))
+    with pytest.raises(SystemExit, match=r"--train-sizes: \[30\] are not in 1\.\.24"):
+        run_main(sensitivity, monkeypatch, "--out", str(tmp_path / "s.json"), "--data",
+                 "exact", "--n-train", "24", "--n-test", "16", "--train-sizes", "30")
 
 
 def test_against_compares_a_run_with_another_prediction_by_prediction(tmp_path, monkeypatch):
-    common = ["table1_sensitivity.py", "--data", "exact", "--n-train", "20", "--n-test", "16",
-              "--depths", "3", "--tile", "10", "--train-sizes", "8", "--noise", "1e-6",
-              "--ridges", "1e-2", "--seeds", "1"]
+    common = ["--data", "exact", "--n-train", "20", "--n-test", "16", "--depths", "3",
+              "--tile", "10", "--train-sizes", "8", "--noise", "1e-6", "--ridges", "1e-2",
+              "--seeds", "1"]
     first, second = tmp_path / "first.json", tmp_path / "second.json"
-    monkeypatch.setattr("sys.argv", [*common, "--out", str(first)])
-    try:
-        sensitivity.main()
-    except FileNotFoundError as missing:
-        pytest.skip(str(missing))
+    run_main(sensitivity, monkeypatch, *common, "--out", str(first))
     # the first run's predictions, changed at three images, stand for another precision's
     written = json.loads(first.read_text())
     for row in written["rows"]:
         row["predicted_classes"][:3] = [(c + 1) % 10 for c in row["predicted_classes"][:3]]
     first.write_text(json.dumps(written))
-    monkeypatch.setattr("sys.argv", [*common, "--out", str(second), "--against", str(first)])
-    sensitivity.main()
+    run_main(sensitivity, monkeypatch, *common, "--out", str(second), "--against", str(first))
     _, test_labels = nc.data.cifar10_exact("test", 16)
     for mine, theirs in zip(json.loads(second.read_text())["rows"], written["rows"],
                             strict=True):
@@ -144,9 +130,8 @@ def test_against_a_file_that_is_not_a_run_is_refused_before_the_kernels(tmp_path
                                                                         monkeypatch):
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": [{"depth": 3}]}')
-    monkeypatch.setattr("sys.argv", [
-        "table1_sensitivity.py", "--out", str(tmp_path / "s.json"), "--against", str(bad)])
     monkeypatch.setattr(sensitivity, "standardized_images",
                         lambda *a, **k: pytest.fail("images loaded"))
     with pytest.raises(SystemExit, match=r"--against: .*bad\.json is not a JSON of this"):
-        sensitivity.main()
+        run_main(sensitivity, monkeypatch, "--out", str(tmp_path / "s.json"),
+                 "--against", str(bad))
