@@ -7,12 +7,14 @@ accuracy and the predicted classes of the test images; the Gram matrix's conditi
 (``KernelRegression``'s estimate, and eigvalsh up to ``--eigvalsh-max`` images, which also
 give the smallest eigenvalue over the mean diagonal); the accuracy with the kernels rounded
 to float32; with relative noise eps |K| on every entry (symmetric, ``--seeds`` draws); and
-with ridges (multiples of the mean diagonal).  ``--train-sizes`` repeats all of it for the
-first m training images alone (the same test images and kernel pass; standardized with all
-``--n-train`` images' statistics): how the conditioning and the sensitivity grow with the
-training set.  ``--against FILE`` (this script's JSON of a run on the same images with
-kernels of another precision) adds to each row its accuracy minus that run's, with the
-paired standard error, and the predictions that differ.
+with ridges (multiples of the mean diagonal).  A cell with no ridge asked for whose
+kernel is not positive definite (a noisy one can be) takes the smallest ridge that solves
+and records it (``ridge_needed``, the largest of the seeds' for noise).  ``--train-sizes``
+repeats all of it for the first m training images alone (the same test images and kernel
+pass; standardized with all ``--n-train`` images' statistics): how the conditioning and
+the sensitivity grow with the training set.  ``--against FILE`` (this script's JSON of a
+run on the same images with kernels of another precision) adds to each row its accuracy
+minus that run's, with the paired standard error, and the predictions that differ.
 
     python studies/table1_sensitivity.py --out FILE [--work DIR] [--data exact|jpeg]
         [--n-train N] [--n-test N] [--depths 3,4] [--dtype float64|float32] [--tile T]
@@ -53,7 +55,10 @@ BLOCK = 8192
 
 
 def predictions(k_train, k_test, labels, ridge=0.0):
-    model = KernelRegression(ridge=ridge).fit(k_train, label_targets(labels))
+    """The predicted classes and the fitted model; with no ridge asked for, the smallest
+    that solves where the kernel is not positive definite (a noisy one of many images
+    can be), which the model records."""
+    model = KernelRegression(ridge=ridge or "auto").fit(k_train, label_targets(labels))
     return model.predict(k_test).argmax(1).cpu().numpy(), model
 
 
@@ -76,10 +81,14 @@ def perturbed(k: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor
 
 
 def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
-    predicted, _ = predictions(k_train, k_test, labels, ridge)
-    found = {"accuracy": round(100 * float(np.mean(predicted == test_labels)), 2)}
+    """Accuracy, the predictions that differ from ``base``, and for a cell with no ridge
+    asked for, the ridge it needed (a multiple of the mean diagonal; 0 when none)."""
+    predicted, model = predictions(k_train, k_test, labels, ridge)
+    found: dict = {"accuracy": round(100 * float(np.mean(predicted == test_labels)), 2)}
     if base is not None:
         found["predictions_changed"] = int((predicted != base).sum())
+    if not ridge:
+        found["ridge_needed"] = model.ridge_ / float(k_train.diagonal().mean())
     return found
 
 
@@ -122,7 +131,9 @@ def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
             runs.append(cell(noisy, noisy_test, labels, test_labels, base))
             del noisy, noisy_test
         row["relative_noise"][f"{eps:g}"] = {
-            key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+            **{key: float(np.mean([r[key] for r in runs]))
+               for key in ("accuracy", "predictions_changed")},
+            "largest_ridge_needed": max(r["ridge_needed"] for r in runs)}
     return row
 
 

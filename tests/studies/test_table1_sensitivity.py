@@ -67,6 +67,7 @@ def test_each_cell_is_the_regression_it_names():
             "predictions_changed": int((got != base).sum())}
     assert row["ridge_over_mean_diagonal"]["10"]["predictions_changed"] > 0  # it bites
     assert row["relative_noise"]["0"]["predictions_changed"] == 0
+    assert row["ridge_needed"] == row["relative_noise"]["0"]["largest_ridge_needed"] == 0
     assert row["relative_noise"]["0.05"]["predictions_changed"] > 0
     # kernels computed in float32 are not rounded again
     assert sensitivity.sensitivity(k, kt, labels, test_labels, args,
@@ -135,3 +136,17 @@ def test_against_a_file_that_is_not_a_run_is_refused_before_the_kernels(tmp_path
     with pytest.raises(SystemExit, match=r"--against: .*bad\.json is not a JSON of this"):
         run_main(sensitivity, monkeypatch, "--out", str(tmp_path / "s.json"),
                  "--against", str(bad))
+
+
+def test_a_noisy_kernel_that_is_not_positive_definite_takes_the_smallest_ridge():
+    n = 12
+    rng = np.random.default_rng(2)
+    labels, test_labels = rng.integers(0, 10, n), rng.integers(0, 10, 5)
+    f = rng.standard_normal((n + 5, n))
+    f[:, 0] *= 1e-4  # one direction barely there: noise of 1e-2 makes the Gram indefinite
+    gram = torch.from_numpy(f @ f[:n].T)
+    args = argparse.Namespace(eigvalsh_max=0, ridges="1e-2", noise="1e-2", seeds=3)
+    row = sensitivity.sensitivity(gram[:n], gram[n:], labels, test_labels, args,
+                                  round_to_float32=False)
+    assert row["ridge_needed"] == 0
+    assert row["relative_noise"]["0.01"]["largest_ridge_needed"] > 0
