@@ -9,7 +9,8 @@ give the smallest eigenvalue over the mean diagonal); the accuracy with the kern
 to float32; with relative noise eps |K| on every entry (symmetric, ``--seeds`` draws); and
 with ridges (multiples of the mean diagonal).  A cell with no ridge asked for whose
 kernel is not positive definite (a noisy one can be) takes the smallest ridge that solves
-and records it (``ridge_needed``, the largest of the seeds' for noise).  ``--train-sizes``
+and records it (``ridge_needed``, the largest of the seeds' for noise; a noise level
+averages the seeds that solve at all, ``seeds_solved``).  ``--train-sizes``
 repeats all of it for the first m training images alone (the same test images and kernel
 pass; standardized with all ``--n-train`` images' statistics): how the conditioning and
 the sensitivity grow with the training set.  ``--against FILE`` (this script's JSON of a
@@ -82,8 +83,13 @@ def perturbed(k: torch.Tensor, eps: float, gen: torch.Generator) -> torch.Tensor
 
 def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
     """Accuracy, the predictions that differ from ``base``, and for a cell with no ridge
-    asked for, the ridge it needed (a multiple of the mean diagonal; 0 when none)."""
-    predicted, model = predictions(k_train, k_test, labels, ridge)
+    asked for, the ridge it needed (a multiple of the mean diagonal; 0 when none); only
+    ``{"solved": False}`` where even ``ridge="auto"``'s largest ridge leaves the kernel
+    not positive definite (large noise on many images)."""
+    try:
+        predicted, model = predictions(k_train, k_test, labels, ridge)
+    except ValueError:
+        return {"solved": False}
     found: dict = {"accuracy": round(100 * float(np.mean(predicted == test_labels)), 2)}
     if base is not None:
         found["predictions_changed"] = int((predicted != base).sum())
@@ -130,10 +136,12 @@ def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
                 kt.shape, generator=g, dtype=kt.dtype, device=kt.device)
             runs.append(cell(noisy, noisy_test, labels, test_labels, base))
             del noisy, noisy_test
-        row["relative_noise"][f"{eps:g}"] = {
-            **{key: float(np.mean([r[key] for r in runs]))
+        solved = [r for r in runs if r.get("solved", True)]
+        row["relative_noise"][f"{eps:g}"] = {"seeds_solved": len(solved)} if not solved else {
+            **{key: float(np.mean([r[key] for r in solved]))
                for key in ("accuracy", "predictions_changed")},
-            "largest_ridge_needed": max(r["ridge_needed"] for r in runs)}
+            "largest_ridge_needed": max(r["ridge_needed"] for r in solved),
+            "seeds_solved": len(solved)}
     return row
 
 

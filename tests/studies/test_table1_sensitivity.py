@@ -145,8 +145,11 @@ def test_a_noisy_kernel_that_is_not_positive_definite_takes_the_smallest_ridge()
     f = rng.standard_normal((n + 5, n))
     f[:, 0] *= 1e-4  # one direction barely there: noise of 1e-2 makes the Gram indefinite
     gram = torch.from_numpy(f @ f[:n].T)
-    args = argparse.Namespace(eigvalsh_max=0, ridges="1e-2", noise="1e-2", seeds=3)
+    args = argparse.Namespace(eigvalsh_max=0, ridges="1e-2", noise="1e-2,3", seeds=3)
     row = sensitivity.sensitivity(gram[:n], gram[n:], labels, test_labels, args,
                                   round_to_float32=False)
     assert row["ridge_needed"] == 0
     assert row["relative_noise"]["0.01"]["largest_ridge_needed"] > 0
+    assert row["relative_noise"]["0.01"]["seeds_solved"] == 3
+    # noise 3 times the kernel leaves no ridge that auto tries enough: recorded, not raised
+    assert row["relative_noise"]["3"] == {"seeds_solved": 0}
