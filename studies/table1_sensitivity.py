@@ -224,8 +224,8 @@ def main() -> None:
                 args, round_to_float32=dtype != torch.float32)})
             if reference is not None:
                 rows[-1]["against"] = against(rows[-1], reference, test_labels)
-            print(json.dumps({k: v for k, v in rows[-1].items()
-                              if k != "predicted_classes"}), flush=True)
+            print(json.dumps({key: value for key, value in rows[-1].items()
+                              if key != "predicted_classes"}), flush=True)
         del k, kt
     implementation = "fused kernel" if cuda and dtype == torch.float32 else "torch reference"
     precision = str(dtype).removeprefix("torch.")
