@@ -90,12 +90,17 @@ def cell(k_train, k_test, labels, test_labels, base=None, ridge=0.0) -> dict:
         predicted, model = predictions(k_train, k_test, labels, ridge)
     except ValueError:
         return {"solved": False}
-    found: dict = {"accuracy": round(100 * float(np.mean(predicted == test_labels)), 2)}
+    return found(predicted, model, k_train, test_labels, base, ridge)
+
+
+def found(predicted, model, k_train, test_labels, base=None, ridge=0.0) -> dict:
+    """What ``cell`` says of a regression already fitted."""
+    summary: dict = {"accuracy": round(100 * float(np.mean(predicted == test_labels)), 2)}
     if base is not None:
-        found["predictions_changed"] = int((predicted != base).sum())
+        summary["predictions_changed"] = int((predicted != base).sum())
     if not ridge:
-        found["ridge_needed"] = model.ridge_ / float(k_train.diagonal().mean())
-    return found
+        summary["ridge_needed"] = model.ridge_ / float(k_train.diagonal().mean())
+    return summary
 
 
 def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
@@ -114,7 +119,7 @@ def sensitivity(k: torch.Tensor, kt: torch.Tensor, labels: np.ndarray,
         del eigenvalues
     row = {
         "n_train": len(labels), "n_test": len(test_labels),
-        **cell(k, kt, labels, test_labels),
+        **found(base, model, k, test_labels),  # the fit above, not a second one
         "condition_eigvalsh": condition,
         "smallest_eigenvalue_over_mean_diagonal": smallest,
         "condition_estimate": model.condition_,
